@@ -1,0 +1,104 @@
+"""Changes: the unit the op log stores and sync sends (docs/FORMAT.md).
+
+A change is a batch of ops from one actor with its own tables of keys, field
+names and actor ids, so it means the same on every device. Its id is the
+blake2b-128 hash of its bytes, which it also carries at its end.
+"""
+import hashlib
+import struct
+
+from .codec import get_varint, put_varint
+from .errors import MalformedChange
+
+__all__ = ["CHANGE_VERSION", "Change", "build_change", "parse_change", "HASH_LEN"]
+
+CHANGE_VERSION = 1
+HASH_LEN = 16
+MAX_CHANGE = 16 * 1024 * 1024
+_u64 = struct.Struct("<Q")
+_blake = hashlib.blake2b
+
+
+class Change:
+    __slots__ = ("actor", "seq", "hlc", "keys", "fields", "actors",
+                 "nops", "ops", "raw", "hash")
+
+    def __repr__(self):
+        return "Change(actor=%016x seq=%d ops=%d)" % (self.actor, self.seq, self.nops)
+
+
+def build_change(actor: int, seq: int, hlc: int, keys, fields, actors,
+                 nops: int, ops) -> bytes:
+    """keys and fields are lists of str; actors a list of 64-bit ids."""
+    out = bytearray((CHANGE_VERSION,))
+    out += _u64.pack(actor)
+    put_varint(out, seq)
+    put_varint(out, hlc)
+    for table in (keys, fields):
+        put_varint(out, len(table))
+        for s in table:
+            raw = s.encode("utf-8")
+            put_varint(out, len(raw))
+            out += raw
+    put_varint(out, len(actors))
+    for a in actors:
+        out += _u64.pack(a)
+    put_varint(out, nops)
+    out += ops
+    out += _blake(out, digest_size=HASH_LEN).digest()
+    return bytes(out)
+
+
+def _strings(buf, p, what):
+    n, p = get_varint(buf, p)
+    if n > len(buf):
+        raise MalformedChange("%s count runs past the end" % what)
+    out = []
+    for _ in range(n):
+        ln, p = get_varint(buf, p)
+        if p + ln > len(buf):
+            raise MalformedChange("%s runs past the end" % what)
+        try:
+            out.append(bytes(buf[p:p + ln]).decode("utf-8"))
+        except UnicodeDecodeError:
+            raise MalformedChange("%s is not UTF-8" % what) from None
+        p += ln
+    return out, p
+
+
+def parse_change(raw) -> Change:
+    """Check version, tables and hash. The ops themselves are checked by the
+    engine that merges them. Raises MalformedChange."""
+    raw = bytes(raw)
+    if len(raw) < 1 + 8 + 5 + HASH_LEN:
+        raise MalformedChange("change is too short (%d bytes)" % len(raw))
+    if len(raw) > MAX_CHANGE:
+        raise MalformedChange("change is larger than %d bytes" % MAX_CHANGE)
+    if raw[0] != CHANGE_VERSION:
+        raise MalformedChange("change version %d is not supported (this build reads %d)"
+                              % (raw[0], CHANGE_VERSION))
+    body = memoryview(raw)[:-HASH_LEN]
+    digest = raw[-HASH_LEN:]
+    if _blake(body, digest_size=HASH_LEN).digest() != digest:
+        raise MalformedChange("change hash does not match its bytes")
+    c = Change()
+    c.raw = raw
+    c.hash = digest
+    c.actor = _u64.unpack_from(raw, 1)[0]
+    if c.actor == 0:
+        raise MalformedChange("change actor id is zero")
+    p = 9
+    c.seq, p = get_varint(body, p)
+    c.hlc, p = get_varint(body, p)
+    c.keys, p = _strings(body, p, "key")
+    c.fields, p = _strings(body, p, "field name")
+    n, p = get_varint(body, p)
+    if p + 8 * n > len(body):
+        raise MalformedChange("actor table runs past the end")
+    c.actors = [_u64.unpack_from(body, p + 8 * i)[0] for i in range(n)]
+    p += 8 * n
+    c.nops, p = get_varint(body, p)
+    c.ops = body[p:]
+    if c.seq == 0:
+        raise MalformedChange("change sequence number is zero")
+    return c

@@ -1,0 +1,535 @@
+"""The pure-Python CRDT engine: the oracle the wasm core must match byte for byte.
+
+Two entry points, each one call per batch (docs/FORMAT.md, "Core batch"):
+
+    apply(batch: bytes) -> bytes   local ops, intents resolved against the blobs
+    merge(batch: bytes) -> bytes   ops from changes (no intents)
+
+Rules are in docs/SEMANTICS.md. Within a record, every stamp at or below the
+record's delete stamp D is zeroed; what is left is a pointwise maximum, so
+merge is commutative, associative and idempotent.
+"""
+import struct
+
+from ..codec import get_varint, put_varint, skip_value, zigzag, unzigzag, U64
+from ..errors import MalformedChange, CoreError
+
+__all__ = ["apply", "merge", "decode_blob", "encode_blob", "Rec",
+           "LWW", "CTR", "MV", "SET"]
+
+BATCH_VERSION = 1
+BLOB_VERSION = 1
+LWW, CTR, MV, SET = 1, 2, 3, 4
+OP_LWW, OP_CTR, OP_MV, OP_ADD, OP_REM, OP_DEL = 1, 2, 3, 4, 5, 6
+OP_INC, OP_MVW, OP_RMV = 0x82, 0x83, 0x85
+_KIND_OF = {OP_LWW: LWW, OP_CTR: CTR, OP_MV: MV, OP_ADD: SET, OP_REM: SET,
+            OP_INC: CTR, OP_MVW: MV, OP_RMV: SET}
+_u64s = struct.Struct("<Q")
+
+
+class Rec:
+    """A decoded record. fields: {field_id: [kind, state]} where state is
+    LWW: [hlc, actor, value_bytes] or None   CTR: {(actor, since): [p, n]}
+    MV: {actor: [w, c, value_bytes_or_None]} SET: {value_bytes: {actor: [add, rem]}}
+    """
+    __slots__ = ("dead", "fields")
+
+    def __init__(self):
+        self.dead = 0
+        self.fields = {}
+
+
+def _empty(kind):
+    return None if kind == LWW else {}
+
+
+# ---------------------------------------------------------------- blobs
+
+def _value(buf, pos):
+    end = skip_value(buf, pos)
+    return bytes(buf[pos:end]), end
+
+
+def decode_blob(blob) -> Rec:
+    """Parse a record blob. Raises MalformedChange on bad bytes."""
+    r = Rec()
+    if len(blob) == 0:
+        return r
+    if blob[0] != BLOB_VERSION:
+        raise MalformedChange("record blob version %d is not supported" % blob[0])
+    n, p = get_varint(blob, 1)
+    if p + 8 * n > len(blob):
+        raise MalformedChange("blob stamp table runs past the end")
+    stamps = [0] + [_u64s.unpack_from(blob, p + 8 * i)[0] for i in range(n)]
+    p += 8 * n
+
+    def ref(pos):
+        i, pos = get_varint(blob, pos)
+        if i > n:
+            raise MalformedChange("blob stamp reference out of range")
+        return stamps[i], pos
+
+    r.dead, p = ref(p)
+    nf, p = get_varint(blob, p)
+    for _ in range(nf):
+        fid, p = get_varint(blob, p)
+        if p >= len(blob):
+            raise MalformedChange("truncated blob")
+        kind = blob[p]
+        p += 1
+        if kind == LWW:
+            h, p = ref(p)
+            st = None
+            if h:
+                a, p = get_varint(blob, p)
+                v, p = _value(blob, p)
+                st = [h, a, v]
+        elif kind == CTR:
+            st = {}
+            cnt, p = get_varint(blob, p)
+            for _ in range(cnt):
+                a, p = get_varint(blob, p)
+                s, p = ref(p)
+                pp, p = get_varint(blob, p)
+                nn, p = get_varint(blob, p)
+                st[(a, s)] = [pp, nn]
+        elif kind == MV:
+            st = {}
+            cnt, p = get_varint(blob, p)
+            for _ in range(cnt):
+                a, p = get_varint(blob, p)
+                w, p = ref(p)
+                c, p = ref(p)
+                v = None
+                if w > c:
+                    v, p = _value(blob, p)
+                st[a] = [w, c, v]
+        elif kind == SET:
+            st = {}
+            cnt, p = get_varint(blob, p)
+            for _ in range(cnt):
+                v, p = _value(blob, p)
+                ents = {}
+                ne, p = get_varint(blob, p)
+                for _ in range(ne):
+                    a, p = get_varint(blob, p)
+                    ad, p = ref(p)
+                    rm, p = ref(p)
+                    ents[a] = [ad, rm]
+                st[v] = ents
+        else:
+            raise MalformedChange("unknown field kind %d in blob" % kind)
+        r.fields[fid] = [kind, st]
+    if p != len(blob):
+        raise MalformedChange("trailing bytes after record blob")
+    return r
+
+
+def encode_blob(r: Rec) -> bytes:
+    if not r.fields and not r.dead:
+        return b""
+    stamps = set()
+    add = stamps.add
+    add(r.dead)
+    for kind, st in r.fields.values():
+        if kind == LWW:
+            if st:
+                add(st[0])
+        elif kind == CTR:
+            for (_, s) in st:
+                add(s)
+        elif kind == MV:
+            for w, c, _ in st.values():
+                add(w)
+                add(c)
+        else:
+            for ents in st.values():
+                for ad, rm in ents.values():
+                    add(ad)
+                    add(rm)
+    stamps.discard(0)
+    table = sorted(stamps)
+    refs = {0: 0}
+    for i, s in enumerate(table):
+        refs[s] = i + 1
+    out = bytearray((BLOB_VERSION,))
+    put_varint(out, len(table))
+    for s in table:
+        out += _u64s.pack(s)
+    put_varint(out, refs[r.dead])
+    put_varint(out, len(r.fields))
+    for fid in sorted(r.fields):
+        kind, st = r.fields[fid]
+        put_varint(out, fid)
+        out.append(kind)
+        if kind == LWW:
+            if st is None:
+                out.append(0)
+            else:
+                put_varint(out, refs[st[0]])
+                put_varint(out, st[1])
+                out += st[2]
+        elif kind == CTR:
+            put_varint(out, len(st))
+            for (a, s) in sorted(st):
+                pn = st[(a, s)]
+                put_varint(out, a)
+                put_varint(out, refs[s])
+                put_varint(out, pn[0])
+                put_varint(out, pn[1])
+        elif kind == MV:
+            put_varint(out, len(st))
+            for a in sorted(st):
+                w, c, v = st[a]
+                put_varint(out, a)
+                put_varint(out, refs[w])
+                put_varint(out, refs[c])
+                if w > c:
+                    out += v
+        else:
+            put_varint(out, len(st))
+            for v in sorted(st):
+                ents = st[v]
+                out += v
+                put_varint(out, len(ents))
+                for a in sorted(ents):
+                    put_varint(out, a)
+                    put_varint(out, refs[ents[a][0]])
+                    put_varint(out, refs[ents[a][1]])
+    return bytes(out)
+
+
+# ---------------------------------------------------------------- rules
+
+def _field(r: Rec, fid: int, kind: int):
+    """Return the field's state if the op's kind may act on it, else None.
+    A higher kind replaces a lower one; a lower kind's op is ignored."""
+    f = r.fields.get(fid)
+    if f is None or f[0] < kind:
+        f = r.fields[fid] = [kind, _empty(kind)]
+    elif f[0] > kind:
+        return None
+    return f
+
+
+def _delete(r: Rec, h: int) -> None:
+    if h <= r.dead:
+        return
+    r.dead = D = h
+    for f in r.fields.values():
+        kind, st = f
+        if kind == LWW:
+            if st is not None and st[0] <= D:
+                f[1] = None
+        elif kind == CTR:
+            for k in [k for k in st if k[1] < D]:
+                del st[k]
+        elif kind == MV:
+            for a in list(st):
+                e = st[a]
+                if e[0] <= D:
+                    e[0] = 0
+                    e[2] = None
+                if e[1] <= D:
+                    e[1] = 0
+                if not e[0] and not e[1]:
+                    del st[a]
+        else:
+            for v in list(st):
+                ents = st[v]
+                for a in list(ents):
+                    e = ents[a]
+                    if e[0] <= D:
+                        e[0] = 0
+                    if e[1] <= D:
+                        e[1] = 0
+                    if not e[0] and not e[1]:
+                        del ents[a]
+                if not ents:
+                    del st[v]
+
+
+def _lww(r, fid, h, a, v, ids):
+    f = _field(r, fid, LWW)
+    if f is None or h <= r.dead:
+        return
+    cur = f[1]
+    if cur is None or (h, ids[a], v) > (cur[0], ids[cur[1]], cur[2]):
+        f[1] = [h, a, v]
+
+
+def _ctr(r, fid, a, s, p, n):
+    f = _field(r, fid, CTR)
+    if f is None or s < r.dead:
+        return
+    e = f[1].get((a, s))
+    if e is None:
+        f[1][(a, s)] = [p, n]
+    else:
+        e[0] = max(e[0], p)
+        e[1] = max(e[1], n)
+
+
+def _mv(r, fid, h, a, v, ctx):
+    f = _field(r, fid, MV)
+    if f is None:
+        return
+    st = f[1]
+    D = r.dead
+    if h > D:
+        e = st.get(a)
+        if e is None:
+            st[a] = [h, 0, v]
+        elif (h, v) > (e[0], e[2] or b""):
+            e[0] = h
+            e[2] = v
+    for ca, ch in ctx:
+        if ch <= D:
+            continue
+        e = st.get(ca)
+        if e is None:
+            st[ca] = [0, ch, None]
+        elif ch > e[1]:
+            e[1] = ch
+    for e in st.values():
+        if e[0] <= e[1]:
+            e[2] = None
+
+
+def _add(r, fid, h, a, v):
+    f = _field(r, fid, SET)
+    if f is None or h <= r.dead:
+        return
+    ents = f[1].setdefault(v, {})
+    e = ents.get(a)
+    if e is None:
+        ents[a] = [h, 0]
+    elif h > e[0]:
+        e[0] = h
+
+
+def _rem(r, fid, v, ctx):
+    f = _field(r, fid, SET)
+    if f is None:
+        return
+    D = r.dead
+    for ca, ch in ctx:
+        if ch <= D:
+            continue
+        ents = f[1].setdefault(v, {})
+        e = ents.get(ca)
+        if e is None:
+            ents[ca] = [0, ch]
+        elif ch > e[1]:
+            e[1] = ch
+
+
+# ---------------------------------------------------------------- batches
+
+class _Batch:
+    __slots__ = ("ids", "fmap", "amap", "recs", "buf", "pos", "nops")
+
+
+def _read_batch(data) -> _Batch:
+    b = _Batch()
+    if not data or data[0] != BATCH_VERSION:
+        raise MalformedChange("batch version is not supported")
+    p = 1
+    n, p = get_varint(data, p)
+    if p + 8 * n > len(data):
+        raise MalformedChange("actor table runs past the end")
+    b.ids = [_u64s.unpack_from(data, p + 8 * i)[0] for i in range(n)]
+    p += 8 * n
+    n, p = get_varint(data, p)
+    b.fmap = []
+    for _ in range(n):
+        x, p = get_varint(data, p)
+        b.fmap.append(x)
+    n, p = get_varint(data, p)
+    b.amap = []
+    for _ in range(n):
+        x, p = get_varint(data, p)
+        if x >= len(b.ids):
+            raise MalformedChange("actor map points outside the actor table")
+        b.amap.append(x)
+    n, p = get_varint(data, p)
+    b.recs = []
+    for _ in range(n):
+        ln, p = get_varint(data, p)
+        if p + ln > len(data):
+            raise MalformedChange("record blob runs past the end")
+        b.recs.append(decode_blob(data[p:p + ln]))
+        p += ln
+    b.nops, p = get_varint(data, p)
+    b.buf = data
+    b.pos = p
+    return b
+
+
+def _run(data, local: bool):
+    b = _read_batch(data)
+    buf, p = b.buf, b.pos
+    fmap, amap, ids, recs = b.fmap, b.amap, b.ids, b.recs
+    inv = {loc: i for i, loc in enumerate(amap)}
+    out_ops = bytearray()
+    max_h = 0
+
+    def var():
+        nonlocal p
+        x, p = get_varint(buf, p)
+        return x
+
+    def fld():
+        x = var()
+        if x >= len(fmap):
+            raise MalformedChange("field index out of range")
+        return fmap[x]
+
+    def act():
+        x = var()
+        if x >= len(amap):
+            raise MalformedChange("actor index out of range")
+        return amap[x]
+
+    def stamp():
+        nonlocal max_h
+        x = var()
+        if x == 0:
+            raise MalformedChange("zero stamp")
+        if x > max_h:
+            max_h = x
+        return x
+
+    def val():
+        nonlocal p
+        v, p = _value(buf, p)
+        return v
+
+    def ctx_list():
+        n = var()
+        if n > len(buf):
+            raise MalformedChange("context count runs past the end")
+        return [(act(), stamp()) for _ in range(n)]
+
+    def emit_ctx(ctx):
+        put_varint(out_ops, len(ctx))
+        for a, h in ctx:
+            i = inv.get(a)
+            if i is None:
+                i = inv[a] = len(amap)
+                amap.append(a)
+            put_varint(out_ops, i)
+            put_varint(out_ops, h)
+
+    for _ in range(b.nops):
+        start = p
+        k = var()
+        if k >= len(recs):
+            raise MalformedChange("key index out of range")
+        if p >= len(buf):
+            raise MalformedChange("truncated op")
+        code = buf[p]
+        p += 1
+        r = recs[k]
+        if code == OP_LWW:
+            fid = fld(); h = stamp(); a = act(); v = val()
+            _lww(r, fid, h, a, v, ids)
+        elif code == OP_CTR:
+            fid = fld(); a = act(); s = var(); pp = var(); nn = var()
+            _ctr(r, fid, a, s, pp, nn)
+        elif code == OP_MV:
+            fid = fld(); h = stamp(); a = act(); v = val(); ctx = ctx_list()
+            _mv(r, fid, h, a, v, ctx)
+        elif code == OP_ADD:
+            fid = fld(); h = stamp(); a = act(); v = val()
+            _add(r, fid, h, a, v)
+        elif code == OP_REM:
+            fid = fld(); v = val(); ctx = ctx_list()
+            _rem(r, fid, v, ctx)
+        elif code == OP_DEL:
+            _delete(r, stamp())
+        elif local and code == OP_INC:
+            fi = var()
+            if fi >= len(fmap):
+                raise MalformedChange("field index out of range")
+            fid = fmap[fi]; ai = var()
+            if ai >= len(amap):
+                raise MalformedChange("actor index out of range")
+            a = amap[ai]; d = unzigzag(var())
+            f = r.fields.get(fid)
+            pn = [0, 0]
+            if f is not None and f[0] == CTR:
+                pn = list(f[1].get((a, r.dead), pn))
+            if d >= 0:
+                pn[0] += d
+            else:
+                pn[1] -= d
+            if pn[0] > U64 or pn[1] > U64:
+                raise CoreError("counter overflow")
+            _ctr(r, fid, a, r.dead, pn[0], pn[1])
+            put_varint(out_ops, k); out_ops.append(OP_CTR)
+            put_varint(out_ops, fi); put_varint(out_ops, ai)
+            put_varint(out_ops, r.dead); put_varint(out_ops, pn[0]); put_varint(out_ops, pn[1])
+            continue
+        elif local and code == OP_MVW:
+            fi = var()
+            if fi >= len(fmap):
+                raise MalformedChange("field index out of range")
+            fid = fmap[fi]; h = stamp(); ai = var()
+            if ai >= len(amap):
+                raise MalformedChange("actor index out of range")
+            a = amap[ai]; v = val()
+            f = r.fields.get(fid)
+            ctx = []
+            if f is not None and f[0] == MV:
+                ctx = [(ea, e[0]) for ea, e in sorted(f[1].items()) if e[0] > e[1]]
+            _mv(r, fid, h, a, v, ctx)
+            put_varint(out_ops, k); out_ops.append(OP_MV)
+            put_varint(out_ops, fi); put_varint(out_ops, h); put_varint(out_ops, ai)
+            out_ops += v
+            emit_ctx(ctx)
+            continue
+        elif local and code == OP_RMV:
+            fi = var()
+            if fi >= len(fmap):
+                raise MalformedChange("field index out of range")
+            fid = fmap[fi]; v = val()
+            f = r.fields.get(fid)
+            ctx = []
+            if f is not None and f[0] == SET and v in f[1]:
+                ctx = [(ea, e[0]) for ea, e in sorted(f[1][v].items()) if e[0] > e[1]]
+            _rem(r, fid, v, ctx)
+            put_varint(out_ops, k); out_ops.append(OP_REM)
+            put_varint(out_ops, fi); out_ops += v
+            emit_ctx(ctx)
+            continue
+        else:
+            raise MalformedChange("unknown op code %d" % code)
+        if local:
+            out_ops += buf[start:p]
+    if p != len(buf):
+        raise MalformedChange("trailing bytes after the last op")
+    out = bytearray()
+    put_varint(out, max_h)
+    put_varint(out, len(recs))
+    for r in recs:
+        blob = encode_blob(r)
+        put_varint(out, len(blob))
+        out += blob
+    if local:
+        put_varint(out, len(amap))
+        for a in amap:
+            put_varint(out, a)
+        put_varint(out, b.nops)
+        out += out_ops
+    return bytes(out)
+
+
+def apply(batch) -> bytes:
+    """Apply local ops (intents allowed); returns blobs, actor map, resolved ops."""
+    return _run(batch, True)
+
+
+def merge(batch) -> bytes:
+    """Merge ops from changes; returns max stamp and the new blobs."""
+    return _run(batch, False)

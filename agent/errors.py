@@ -1,0 +1,70 @@
+"""The error tree. Every error says what the user can do about it.
+
+AgentError
+  UsageError            bad input from the user (CLI, API arguments)
+  StoreError            local storage faults
+    StoreCorrupt        a file failed its checksum and could not be repaired
+    StoreLocked         another process holds the data directory
+    RecordTooLarge      a record outgrew the largest size class
+  LogError              op-log faults (local)
+  CoreError             the CRDT engine failed (trap, exhausted fuel, bad blob)
+  RemoteError           bad input from a peer or a file from elsewhere
+    MalformedChange     a change or op that does not follow docs/FORMAT.md
+    ClockSkewError      a stamp too far ahead of the local wall clock
+  SyncError             peer sync faults (later issue)
+"""
+
+__all__ = [
+    "AgentError", "UsageError", "StoreError", "StoreCorrupt", "StoreLocked",
+    "RecordTooLarge", "LogError", "CoreError", "RemoteError", "MalformedChange",
+    "ClockSkewError", "SyncError",
+]
+
+
+class AgentError(Exception):
+    """Base of every error Mycelium raises on purpose."""
+    exit_code = 1
+
+
+class UsageError(AgentError):
+    exit_code = 2
+
+
+class StoreError(AgentError):
+    exit_code = 3
+
+
+class StoreCorrupt(StoreError):
+    pass
+
+
+class StoreLocked(StoreError):
+    exit_code = 4
+
+
+class RecordTooLarge(StoreError):
+    pass
+
+
+class LogError(AgentError):
+    exit_code = 3
+
+
+class CoreError(AgentError):
+    exit_code = 5
+
+
+class RemoteError(AgentError):
+    exit_code = 6
+
+
+class MalformedChange(RemoteError):
+    pass
+
+
+class ClockSkewError(RemoteError):
+    pass
+
+
+class SyncError(AgentError):
+    exit_code = 7
