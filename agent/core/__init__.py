@@ -1,0 +1,47 @@
+"""The CRDT core: one interface, two engines with byte-identical results.
+
+    engine = load_engine()      # wasm by default, reference as fallback
+    engine.apply(batch) -> bytes
+    engine.merge(batch) -> bytes
+    engine.name                 # "wasm" or "reference"
+
+MYCELIUM_CORE=reference forces the pure-Python engine. wasmtime is imported
+only here, lazily, so commands that never merge never pay for it.
+"""
+import os
+
+from . import reference
+
+__all__ = ["load_engine", "ReferenceEngine"]
+
+
+class ReferenceEngine:
+    name = "reference"
+    apply = staticmethod(reference.apply)
+    merge = staticmethod(reference.merge)
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def load_engine(kind=None):
+    """kind: None (env or default), "wasm" or "reference"."""
+    kind = kind or os.environ.get("MYCELIUM_CORE", "wasm")
+    if kind == "reference":
+        return ReferenceEngine()
+    try:
+        from .wasm import WasmEngine
+    except ImportError:
+        if kind == "wasm" and os.environ.get("MYCELIUM_CORE") == "wasm":
+            raise
+        return ReferenceEngine()
+    try:
+        return WasmEngine()
+    except OSError:
+        return ReferenceEngine()
