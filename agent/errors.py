@@ -11,13 +11,14 @@ AgentError
   RemoteError           bad input from a peer or a file from elsewhere
     MalformedChange     a change or op that does not follow docs/FORMAT.md
     ClockSkewError      a stamp too far ahead of the local wall clock
+    ChangeGap           a change arrived before an earlier one of its actor
   SyncError             peer sync faults (later issue)
 """
 
 __all__ = [
     "AgentError", "UsageError", "StoreError", "StoreCorrupt", "StoreLocked",
     "RecordTooLarge", "LogError", "CoreError", "RemoteError", "MalformedChange",
-    "ClockSkewError", "SyncError",
+    "ClockSkewError", "ChangeGap", "SyncError",
 ]
 
 
@@ -63,6 +64,10 @@ class MalformedChange(RemoteError):
 
 
 class ClockSkewError(RemoteError):
+    pass
+
+
+class ChangeGap(RemoteError):
     pass
 
 

@@ -45,3 +45,20 @@ def load_engine(kind=None):
         return WasmEngine()
     except OSError:
         return ReferenceEngine()
+
+
+def engine_name() -> str:
+    """Which engine load_engine() would pick, without importing wasmtime."""
+    import importlib.util
+    kind = os.environ.get("MYCELIUM_CORE", "wasm")
+    if kind == "reference":
+        return "reference"
+    here = os.path.dirname(__file__)
+    if not os.path.exists(os.path.join(here, "crdt_core.wasm")):
+        return "reference"
+    try:
+        if importlib.util.find_spec("wasmtime") is None:
+            return "reference"
+    except (ImportError, ValueError):
+        return "reference"
+    return "wasm"

@@ -1,0 +1,391 @@
+"""A node: one device's store, op log, clock and engine, wired together.
+
+    with Node.open(data_dir) as n:
+        n.put("user:1", {"name": "Ada", "visits": Inc(1)})
+        n.get("user:1")        # {'name': 'Ada', 'visits': 1}
+
+Local write: clock -> engine.apply -> op log (the ack) -> store.
+Remote change: parse -> skew check -> engine.merge (one call per change)
+               -> op log -> store.
+Read: store -> decode in Python; the engine is never loaded for reads.
+"""
+import json
+import os
+import secrets
+import struct
+import time
+
+from . import clock as clock_mod
+from .change import build_change, parse_change
+from .codec import encode_value
+from .core import load_engine
+from .core import ops as O
+from .core.batch import build_batch, parse_apply_result, parse_merge_result
+from .errors import UsageError, StoreError, ClockSkewError, ChangeGap
+from .oplog.log import OpLog
+from .store import Store, BlobCorrupt
+from .values import Inc, MV, Add, Remove, decode_record
+
+__all__ = ["Node", "default_data_dir"]
+
+CHECKPOINT_EVERY = 50_000
+_u64 = struct.Struct("<Q")
+
+
+def default_data_dir() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "mycelium")
+
+
+def init_identity(data_dir: str) -> dict:
+    """Create a data directory with a fresh actor id (idempotent)."""
+    os.makedirs(data_dir, exist_ok=True)
+    path = os.path.join(data_dir, "identity.json")
+    if os.path.exists(path):
+        return read_identity(data_dir)
+    ident = {"version": 1, "actor": "%016x" % (secrets.randbits(64) | 1),
+             "created": int(time.time())}
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(ident, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return ident
+
+
+def read_identity(data_dir: str) -> dict:
+    path = os.path.join(data_dir, "identity.json")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise UsageError("%s is not a Mycelium data directory; run `mycelium init` "
+                         "(or pass --data-dir)" % data_dir) from None
+    except ValueError:
+        raise StoreError("%s is damaged; restore it from a backup" % path) from None
+
+
+class Node:
+    def __init__(self, data_dir: str, durable: bool = False, engine=None,
+                 max_skew_ms: int = clock_mod.DEFAULT_MAX_SKEW_MS,
+                 flush_interval_ms: int = 100):
+        self.data_dir = data_dir
+        ident = read_identity(data_dir)
+        self.actor = int(ident["actor"], 16)
+        self._engine = engine
+        self._closed = True
+        self.store = Store(os.path.join(data_dir, "store"))
+        try:
+            meta = self.store.meta
+            self.seq = meta.get("seq", 0)
+            self.vv = {int(a, 16): s for a, s in meta.get("vv", {}).items()}
+            self.clock = clock_mod.HLC(self.actor, meta.get("clock", 0), max_skew_ms)
+            self.me = self.store.actor_index(self.actor)
+            self.durable = durable
+            self.log = OpLog(os.path.join(data_dir, "log"), durable=durable,
+                             interval_ms=flush_interval_ms)
+            tail = self.log.recover(tuple(meta.get("log", (0, 0))))
+        except BaseException:
+            self.store.close()
+            raise
+        self._closed = False
+        self._since_checkpoint = 0
+        self.replayed = len(tail)
+        if tail:
+            for _, raw in tail:
+                self._merge_one(raw, replay=True)
+        if self.store.damaged:
+            self.repair(self.store.damaged)
+
+    @classmethod
+    def open(cls, data_dir=None, create=True, **kw):
+        data_dir = data_dir or default_data_dir()
+        if create:
+            init_identity(data_dir)
+        return cls(data_dir, **kw)
+
+    # -- engine (loaded on first write or merge, never for reads)
+
+    @property
+    def engine(self):
+        if self._engine is None:
+            self._engine = load_engine()
+        return self._engine
+
+    # -- reads
+
+    def get(self, key: str, with_kinds: bool = False):
+        """The record's fields as a dict, or None if absent or deleted."""
+        try:
+            blob = self.store.load(key)
+        except BlobCorrupt as e:
+            self.repair({e.kid})
+            blob = self.store.load(key)
+        if blob is None:
+            return None
+        return decode_record(blob, self.store.field_names, with_kinds)
+
+    def scan(self, prefix: str = ""):
+        """Yield (key, fields) of visible records under prefix, in key order."""
+        names = self.store.field_names
+        for key, kid in self.store.scan(prefix):
+            try:
+                blob = self.store.load_id(kid, key)
+            except BlobCorrupt:
+                self.repair({kid})
+                blob = self.store.load_id(kid, key)
+            rec = decode_record(blob, names)
+            if rec is not None:
+                yield key, rec
+
+    def count(self) -> int:
+        return self.store.count()
+
+    def watch(self, prefix: str, callback):
+        """Call callback(key, fields_or_None) after each change under prefix.
+        Returns a handle with cancel()."""
+        names = self.store.field_names
+        return self.store.watch(prefix, lambda k, b: callback(k, decode_record(b, names)))
+
+    # -- local writes
+
+    def put(self, key: str, fields: dict) -> None:
+        """Merge fields into key's record. Plain values are lww; use Inc, MV,
+        Add and Remove for the other kinds. Returns once acknowledged (in
+        durable mode: on disk)."""
+        if not isinstance(key, str) or not key:
+            raise UsageError("a key must be a non-empty string")
+        if not fields:
+            raise UsageError("put needs at least one field")
+        store = self.store
+        kb = key.encode("utf-8")
+        kid = store.keys.find(kb)
+        blob = b""
+        if kid >= 0:
+            blob = self._load(key, kid)
+            if blob:
+                self._check_kinds(key, blob, fields)
+        stamp = self.clock.now()
+        names = list(fields)
+        fmap = [store.field_id(n) for n in names]
+        ops = bytearray()
+        nops = 0
+        try:
+            for fi, name in enumerate(names):
+                v = fields[name]
+                t = type(v)
+                if t is Inc:
+                    O.inc(ops, 0, fi, 0, v.delta)
+                elif t is MV:
+                    O.mv_write(ops, 0, fi, stamp, 0, v.value)
+                elif t is Add:
+                    for x in v.values:
+                        O.set_add(ops, 0, fi, stamp, 0, x)
+                    nops += len(v.values) - 1
+                elif t is Remove:
+                    for x in v.values:
+                        O.set_remove(ops, 0, fi, x)
+                    nops += len(v.values) - 1
+                else:
+                    O.lww(ops, 0, fi, stamp, 0, v)
+                nops += 1
+        except ValueError as e:
+            raise UsageError("field %r: %s" % (name, e)) from None
+        self._commit_local(key, kid, blob, stamp, names, fmap, nops, ops)
+
+    def delete(self, key: str) -> bool:
+        """Delete the record (a tombstone; a later write revives it).
+        Returns False if there was nothing visible to delete."""
+        kid = self.store.keys.find(key.encode("utf-8"))
+        blob = self._load(key, kid) if kid >= 0 else b""
+        if not blob or decode_record(blob, self.store.field_names) is None:
+            return False
+        stamp = self.clock.now()
+        ops = bytearray()
+        O.delete(ops, 0, stamp)
+        self._commit_local(key, kid, blob, stamp, [], [], 1, ops)
+        return True
+
+    def _check_kinds(self, key, blob, fields):
+        from .core.reference import decode_blob
+        want = {Inc: 2, MV: 3, Add: 4, Remove: 4}
+        rec = decode_blob(blob)
+        ids = self.store.field_ids
+        for name, v in fields.items():
+            fid = ids.get(name)
+            if fid is None or fid not in rec.fields:
+                continue
+            have = rec.fields[fid][0]
+            if have != want.get(type(v), 1):
+                from .values import KIND_NAMES
+                raise UsageError(
+                    "field %r of %r is a %s; write it as a %s (see `mycelium put --help`)"
+                    % (name, key, KIND_NAMES[have], KIND_NAMES[have]))
+
+    def _load(self, key, kid) -> bytes:
+        try:
+            return self.store.load_id(kid, key) or b""
+        except BlobCorrupt:
+            self.repair({kid})
+            return self.store.load_id(kid, key) or b""
+
+    def _commit_local(self, key, kid, blob, stamp, names, fmap, nops, ops):
+        store = self.store
+        batch = build_batch(store.actor_table, fmap, [self.me], [blob], nops, ops)
+        _, blobs, amap, rnops, rops = parse_apply_result(self.engine.apply(batch))
+        actors = [store.actor_id(i) for i in amap]
+        seq = self.seq + 1
+        raw = build_change(self.actor, seq, stamp, [key], names, actors, rnops, rops)
+        self.log.append(raw)
+        if self.durable:
+            self.log.commit()
+        self.seq = seq
+        self.vv[self.actor] = seq
+        new = blobs[0]
+        store.save(key, new, decode_record(new, store.field_names) is not None, kid)
+        self._tick()
+
+    # -- remote changes
+
+    def merge_changes(self, raws) -> int:
+        """Merge changes from a peer or a file. Each change is all or
+        nothing; a bad one raises a RemoteError and changes nothing.
+        Returns how many were new."""
+        n = 0
+        for raw in raws:
+            n += self._merge_one(raw)
+        if n and self.durable:
+            self.log.commit()
+        return n
+
+    def has_change(self, actor: int, seq: int) -> bool:
+        return seq <= self.vv.get(actor, 0)
+
+    def _merge_one(self, raw, replay: bool = False) -> int:
+        c = parse_change(raw)
+        if not replay:
+            if c.seq <= self.vv.get(c.actor, 0):
+                return 0
+            if c.seq != self.vv.get(c.actor, 0) + 1:
+                raise ChangeGap(
+                    "change %d of actor %016x arrived before change %d; sync "
+                    "again to fetch the missing ones" % (c.seq, c.actor, self.vv.get(c.actor, 0) + 1))
+            self.clock.check(c.hlc)
+        store = self.store
+        find = store.keys.find
+        kids = [find(k.encode("utf-8")) for k in c.keys]
+        blobs = [self._load(k, kid) if kid >= 0 else b"" for k, kid in zip(c.keys, kids)]
+        fmap = [store.field_id(f) for f in c.fields]
+        amap = [store.actor_index(a) for a in c.actors]
+        batch = build_batch(store.actor_table, fmap, amap, blobs, c.nops, c.ops)
+        max_h, new = parse_merge_result(self.engine.merge(batch))
+        if not replay:
+            self.clock.check(max_h)
+            self.log.append(c.raw)
+        names = store.field_names
+        for key, kid, old, b in zip(c.keys, kids, blobs, new):
+            if b != old:
+                store.save(key, b, decode_record(b, names) is not None, kid)
+        try:
+            self.clock.observe(max_h)
+        except ClockSkewError:
+            pass  # replaying our own log after the wall clock went back
+        if c.seq > self.vv.get(c.actor, 0):
+            self.vv[c.actor] = c.seq
+        if c.actor == self.actor and c.seq > self.seq:
+            self.seq = c.seq
+        self._tick()
+        return 1
+
+    def changes_since(self, vv: dict):
+        """Yield raw changes the holder of version vector vv lacks, in log order."""
+        for _, raw in self.log.read():
+            c = parse_change(raw)
+            if c.seq > vv.get(c.actor, 0):
+                yield raw
+
+    def repair(self, kids) -> None:
+        """Rebuild the blobs of damaged records from the whole op log."""
+        store = self.store
+        kids = set(kids)
+        targets = {store.keys.key(k).decode("utf-8"): k for k in kids}
+        state = {k: b"" for k in targets}
+        for _, raw in self.log.read():
+            c = parse_change(raw)
+            if not any(k in targets for k in c.keys):
+                continue
+            blobs = [state.get(k, b"") for k in c.keys]
+            batch = build_batch(store.actor_table, [store.field_id(f) for f in c.fields],
+                                [store.actor_index(a) for a in c.actors], blobs, c.nops, c.ops)
+            _, new = parse_merge_result(self.engine.merge(batch))
+            for k, b in zip(c.keys, new):
+                if k in state:
+                    state[k] = b
+        for key, blob in state.items():
+            store.save(key, blob, decode_record(blob, store.field_names) is not None,
+                       targets[key])
+        store.damaged -= kids
+
+    # -- lifecycle
+
+    def _tick(self):
+        self._since_checkpoint += 1
+        if self._since_checkpoint >= CHECKPOINT_EVERY:
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Make the store durable up to the log's end, so the next open
+        replays nothing before it."""
+        self.log.commit()
+        self.store.meta.update(self._meta())
+        self.store.checkpoint()
+        self._since_checkpoint = 0
+
+    def _meta(self):
+        return {"log": list(self.log.end()), "seq": self.seq, "clock": self.clock.last,
+                "vv": {"%016x" % a: s for a, s in self.vv.items()}}
+
+    def stats(self) -> dict:
+        s = self.store
+        return {
+            "actor": "%016x" % self.actor,
+            "records": s.count(),
+            "keys": s.keys.n,
+            "fields": len(s.field_names),
+            "actors": len(s.actor_table) // 8,
+            "data_bytes": s.data_bytes(),
+            "store_file_bytes": s.file_bytes(),
+            "log_bytes": self.log.size(),
+            "seq": self.seq,
+            "engine": self._engine.name if self._engine else load_engine_name(),
+            "durable": self.durable,
+            "clean_open": s.was_clean,
+            "replayed_changes": self.replayed,
+        }
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.log.commit()
+            self.store.meta.update(self._meta())
+        finally:
+            self.log.close()
+            self.store.close()
+            if self._engine is not None:
+                self._engine.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def load_engine_name() -> str:
+    """The engine a write would load, without loading it."""
+    from .core import engine_name
+    return engine_name()

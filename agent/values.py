@@ -1,0 +1,129 @@
+"""What a write can say about a field, and how a stored record reads back.
+
+    node.put("user:1", {"name": "Ada",            # lww register
+                        "visits": Inc(1),          # counter (Inc(-2) decrements)
+                        "colour": MV("red"),       # multi-value register
+                        "tags": Add("a", "b"),     # add-wins set
+                        "old": Remove("x")})
+"""
+from .codec import decode_value, get_varint
+from .core.reference import LWW, CTR, MV as MV_KIND, SET
+
+__all__ = ["Inc", "MV", "Add", "Remove", "KIND_NAMES", "decode_record"]
+
+KIND_NAMES = {LWW: "lww", CTR: "counter", MV_KIND: "mv", SET: "set"}
+
+
+class Inc:
+    __slots__ = ("delta",)
+
+    def __init__(self, delta: int = 1):
+        if type(delta) is not int:
+            raise TypeError("Inc takes an integer")
+        self.delta = delta
+
+    def __repr__(self):
+        return "Inc(%d)" % self.delta
+
+
+class MV:
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def __repr__(self):
+        return "MV(%r)" % (self.value,)
+
+
+class Add:
+    __slots__ = ("values",)
+
+    def __init__(self, *values):
+        self.values = values
+
+    def __repr__(self):
+        return "Add%r" % (self.values,)
+
+
+class Remove:
+    __slots__ = ("values",)
+
+    def __init__(self, *values):
+        self.values = values
+
+    def __repr__(self):
+        return "Remove%r" % (self.values,)
+
+
+def decode_record(blob, field_names, with_kinds=False):
+    """Read a record blob (docs/FORMAT.md) into {field: value}; None if the
+    record is deleted or empty. Pure Python, no engine call."""
+    if not blob:
+        return None
+    n, p = get_varint(blob, 1)
+    stamps = p
+    p += 8 * n
+    dead, p = get_varint(blob, p)
+    nf, p = get_varint(blob, p)
+    out = {}
+    kinds = {}
+    for _ in range(nf):
+        fid, p = get_varint(blob, p)
+        kind = blob[p]
+        p += 1
+        name = field_names[fid]
+        if kind == LWW:
+            ref, p = get_varint(blob, p)
+            if ref:
+                _, p = get_varint(blob, p)
+                out[name], p = decode_value(blob, p)
+                kinds[name] = "lww"
+        elif kind == CTR:
+            cnt, p = get_varint(blob, p)
+            total = 0
+            for _ in range(cnt):
+                _, p = get_varint(blob, p)
+                _, p = get_varint(blob, p)
+                pp, p = get_varint(blob, p)
+                nn, p = get_varint(blob, p)
+                total += pp - nn
+            if cnt:
+                out[name] = total
+                kinds[name] = "counter"
+        elif kind == MV_KIND:
+            cnt, p = get_varint(blob, p)
+            vals = []
+            for _ in range(cnt):
+                _, p = get_varint(blob, p)
+                w, p = get_varint(blob, p)
+                c, p = get_varint(blob, p)
+                if w > c:  # refs are ordered like the stamps they point to
+                    start = p
+                    v, p = decode_value(blob, p)
+                    vals.append((bytes(blob[start:p]), v))
+            if vals:
+                vals.sort(key=lambda t: t[0])
+                out[name] = [v for _, v in vals]
+                kinds[name] = "mv"
+        else:
+            cnt, p = get_varint(blob, p)
+            elems = []
+            for _ in range(cnt):
+                v, p = decode_value(blob, p)
+                m, p = get_varint(blob, p)
+                live = False
+                for _ in range(m):
+                    _, p = get_varint(blob, p)
+                    ad, p = get_varint(blob, p)
+                    rm, p = get_varint(blob, p)
+                    if ad > rm:
+                        live = True
+                if live:
+                    elems.append(v)
+            if elems:
+                out[name] = elems
+                kinds[name] = "set"
+    if not out:
+        return None
+    return (out, kinds) if with_kinds else out
