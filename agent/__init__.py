@@ -1,0 +1,15 @@
+"""Mycelium: a local-first sync agent for low-end devices.
+
+The public API; everything else is an implementation detail.
+"""
+from .errors import (AgentError, UsageError, StoreError, StoreCorrupt, StoreLocked,
+                     RecordTooLarge, LogError, CoreError, RemoteError, MalformedChange,
+                     ClockSkewError, ChangeGap, SyncError)
+from .node import Node, default_data_dir
+from .values import Inc, MV, Add, Remove
+
+__all__ = ["Node", "default_data_dir", "Inc", "MV", "Add", "Remove",
+           "AgentError", "UsageError", "StoreError", "StoreCorrupt", "StoreLocked",
+           "RecordTooLarge", "LogError", "CoreError", "RemoteError", "MalformedChange",
+           "ClockSkewError", "ChangeGap", "SyncError"]
+__version__ = "0.1.0"

@@ -24,7 +24,7 @@ __all__ = [
 
 class AgentError(Exception):
     """Base of every error Mycelium raises on purpose."""
-    exit_code = 1
+    exit_code = 9
 
 
 class UsageError(AgentError):

@@ -1,0 +1,281 @@
+"""The `mycelium` command."""
+import argparse
+import base64
+import json
+import os
+import sys
+import time
+
+from .errors import AgentError, UsageError
+
+EXIT_OK, EXIT_NOT_FOUND = 0, 1
+
+PUT_HELP = """\
+Each FIELD argument names a field and says what to do with it:
+
+  name=Ada          lww register, string value
+  age:=36           lww register, JSON value (number, true/false, null, "text")
+  visits+=1         counter: add 1            visits-=2   counter: subtract 2
+  mood|=calm        multi-value register: write "calm" (concurrent writes are all kept)
+  tags[]+=red       add-wins set: add "red"   tags[]-=red set: remove "red"
+
+A field keeps the kind it was first written with; writing it as another kind
+is refused with a hint.
+
+examples:
+  mycelium put sensor:1 site=kitchen temp:=21.5 readings+=1 tags[]+=indoor
+  mycelium put sensor:1 tags[]-=indoor
+"""
+
+EPILOG = """\
+exit codes: 0 ok, 1 not found, 2 bad usage, 3 storage fault, 4 data directory
+in use by another process, 5 engine fault, 6 bad data from a peer or file,
+7 sync fault, 9 other error, 130 interrupted.
+
+The data directory defaults to $XDG_DATA_HOME/mycelium, else
+~/.local/share/mycelium; set it with --data-dir or MYCELIUM_DATA_DIR.
+"""
+
+
+def parse_assignment(arg: str):
+    """'field<op>value' -> (field, value-for-Node.put)."""
+    from .values import Inc, MV, Add, Remove
+    for sep in ("[]+=", "[]-=", "+=", "-=", "|=", ":="):
+        i = arg.find(sep)
+        j = arg.find("=")
+        if i > 0 and (j < 0 or i + len(sep) - 1 == j or i < j):
+            name, raw = arg[:i], arg[i + len(sep):]
+            if sep == "[]+=":
+                return name, Add(raw)
+            if sep == "[]-=":
+                return name, Remove(raw)
+            if sep in ("+=", "-="):
+                try:
+                    n = int(raw)
+                except ValueError:
+                    raise UsageError("%s: a counter takes an integer, e.g. %s+=1" % (arg, name)) from None
+                return name, Inc(n if sep == "+=" else -n)
+            if sep == "|=":
+                return name, MV(raw)
+            try:
+                v = json.loads(raw)
+            except ValueError:
+                raise UsageError("%s: %r is not JSON; quote text as '\"...\"' or use %s=TEXT"
+                                 % (arg, raw, name)) from None
+            if isinstance(v, (list, dict)):
+                raise UsageError("%s: a field holds one value; use tags[]+=x for sets" % arg)
+            return name, v
+    i = arg.find("=")
+    if i <= 0:
+        raise UsageError("%r is not FIELD=VALUE; see `mycelium put --help`" % arg)
+    return arg[:i], arg[i + 1:]
+
+
+def _jsonable(v):
+    if isinstance(v, bytes):
+        return {"$bytes": base64.b64encode(v).decode()}
+    if isinstance(v, list):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def _print_record(key, rec, kinds, as_json):
+    if as_json:
+        print(json.dumps({"key": key, "fields": {k: _jsonable(v) for k, v in rec.items()},
+                          "kinds": kinds}, ensure_ascii=False))
+        return
+    print(key)
+    width = max(len(k) for k in rec)
+    for name, v in rec.items():
+        print("  %-*s = %s  (%s)" % (width, name, json.dumps(_jsonable(v), ensure_ascii=False),
+                                     kinds.get(name, "?")))
+
+
+def _open(args, create=False):
+    from .node import Node, init_identity
+    if create:
+        init_identity(args.data_dir)
+    return Node(args.data_dir, durable=args.durable)
+
+
+def cmd_init(args):
+    from .node import init_identity
+    existed = os.path.exists(os.path.join(args.data_dir, "identity.json"))
+    ident = init_identity(args.data_dir)
+    with _open(args):
+        pass
+    if args.json:
+        print(json.dumps({"data_dir": args.data_dir, "actor": ident["actor"], "existed": existed}))
+    else:
+        print("%s data directory %s (actor %s)" % (
+            "already initialised:" if existed else "initialised", args.data_dir, ident["actor"]))
+    return EXIT_OK
+
+
+def cmd_put(args):
+    fields = dict(parse_assignment(a) for a in args.fields)
+    with _open(args) as n:
+        n.put(args.key, fields)
+    if args.json:
+        print(json.dumps({"key": args.key, "ok": True}))
+    return EXIT_OK
+
+
+def cmd_get(args):
+    with _open(args) as n:
+        got = n.get(args.key, with_kinds=True)
+    if got is None:
+        if args.json:
+            print(json.dumps({"key": args.key, "fields": None}))
+        else:
+            print("%s: not found" % args.key, file=sys.stderr)
+        return EXIT_NOT_FOUND
+    _print_record(args.key, got[0], got[1], args.json)
+    return EXIT_OK
+
+
+def cmd_del(args):
+    with _open(args) as n:
+        ok = n.delete(args.key)
+    if args.json:
+        print(json.dumps({"key": args.key, "deleted": ok}))
+    elif not ok:
+        print("%s: not found" % args.key, file=sys.stderr)
+    return EXIT_OK if ok else EXIT_NOT_FOUND
+
+
+def cmd_scan(args):
+    from .values import decode_record
+    with _open(args) as n:
+        names = n.store.field_names
+        shown = 0
+        for key, kid in n.store.scan(args.prefix):
+            got = decode_record(n.store.load_id(kid, key), names, with_kinds=True)
+            if got is None:
+                continue
+            if args.keys_only:
+                print(json.dumps(key) if args.json else key)
+            else:
+                _print_record(key, got[0], got[1], args.json)
+            shown += 1
+            if args.limit and shown >= args.limit:
+                break
+    if not args.json and not args.keys_only:
+        print("(%d record%s)" % (shown, "" if shown == 1 else "s"), file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_watch(args):
+    """Follow the op log (no lock: works beside a running writer)."""
+    from .change import parse_change
+    from .core.opread import describe
+    from .oplog.log import OpLog
+    from .node import read_identity
+    read_identity(args.data_dir)
+    log = OpLog(os.path.join(args.data_dir, "log"))
+    pos = None
+    for pos, _ in log.read():
+        pass
+    if pos is None:
+        start = (0, 0)
+    else:
+        start = (pos[0], pos[1] + 1)  # resume after the last entry seen
+        for p, payload in log.read(pos):
+            start = (p[0], p[1] + 8 + len(payload))
+    seen = 0
+    deadline = time.monotonic() + args.timeout if args.timeout else None
+    if not args.json:
+        print("watching %r in %s (Ctrl-C to stop)" % (args.prefix, args.data_dir), file=sys.stderr)
+    sys.stdout.flush()
+    while True:
+        log.segments = sorted(int(n[:-4]) for n in os.listdir(log.dir) if n.endswith(".seg"))
+        for p, payload in log.read(start):
+            start = (p[0], p[1] + 8 + len(payload))
+            c = parse_change(payload)
+            for key, text in describe(c):
+                if key.startswith(args.prefix):
+                    if args.json:
+                        print(json.dumps({"key": key, "op": text, "actor": "%016x" % c.actor,
+                                          "seq": c.seq}), flush=True)
+                    else:
+                        print("%s  %s  (actor %016x)" % (key, text, c.actor), flush=True)
+                    seen += 1
+                    if args.count and seen >= args.count:
+                        return EXIT_OK
+        if deadline and time.monotonic() > deadline:
+            return EXIT_OK
+        time.sleep(0.1)
+
+
+def cmd_stats(args):
+    with _open(args) as n:
+        s = n.stats()
+    if args.json:
+        print(json.dumps(s))
+    else:
+        for k, v in s.items():
+            print("%-18s %s" % (k, v))
+    return EXIT_OK
+
+
+def build_parser():
+    from .node import default_data_dir
+    p = argparse.ArgumentParser(
+        prog="mycelium", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Local-first sync agent: CRDT records on this device, synced with peers.")
+    p.add_argument("--data-dir", default=os.environ.get("MYCELIUM_DATA_DIR") or default_data_dir(),
+                   help="where the store and log live (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--durable", action="store_true",
+                   help="fsync every write before acknowledging it (default: fsync every 100 ms)")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
+    sub.required = True
+    s = sub.add_parser("init", help="create the data directory and this device's identity")
+    s.set_defaults(fn=cmd_init)
+    s = sub.add_parser("put", help="write fields of a record", description=PUT_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("key")
+    s.add_argument("fields", nargs="+", metavar="FIELD")
+    s.set_defaults(fn=cmd_put)
+    s = sub.add_parser("get", help="print a record (exit 1 if absent)")
+    s.add_argument("key")
+    s.set_defaults(fn=cmd_get)
+    s = sub.add_parser("del", help="delete a record (a later write revives it)")
+    s.add_argument("key")
+    s.set_defaults(fn=cmd_del)
+    s = sub.add_parser("scan", help="print the records whose key starts with PREFIX")
+    s.add_argument("prefix", nargs="?", default="")
+    s.add_argument("--keys-only", action="store_true")
+    s.add_argument("--limit", type=int, default=0)
+    s.set_defaults(fn=cmd_scan)
+    s = sub.add_parser("watch", help="print changes under PREFIX as they land")
+    s.add_argument("prefix", nargs="?", default="")
+    s.add_argument("--count", type=int, default=0, help="stop after N changes")
+    s.add_argument("--timeout", type=float, default=0, help="stop after SECONDS")
+    s.set_defaults(fn=cmd_watch)
+    s = sub.add_parser("stats", help="counts, sizes and the engine in use")
+    s.set_defaults(fn=cmd_stats)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.cmd not in ("init",) and not os.path.exists(
+                os.path.join(args.data_dir, "identity.json")):
+            raise UsageError("%s is not a Mycelium data directory; run `mycelium init` "
+                             "first (or pass --data-dir)" % args.data_dir)
+        return args.fn(args)
+    except AgentError as e:
+        if args.json:
+            print(json.dumps({"error": type(e).__name__, "message": str(e)}))
+        print("mycelium: %s" % e, file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
