@@ -1,0 +1,138 @@
+import os
+
+import pytest
+
+from agent import Node, Inc, MV, Add, Remove, UsageError, MalformedChange, ClockSkewError
+from agent.change import build_change, parse_change
+from agent.node import init_identity
+from agent.store.arena import HSIZE
+
+
+def node(path, **kw):
+    init_identity(str(path))
+    return Node(str(path), **kw)
+
+
+def test_every_field_kind_reads_back(tmp_path):
+    with node(tmp_path / "a") as n:
+        n.put("r", {"name": "Ada", "n": Inc(5), "m": MV(1), "s": Add("x", "y")})
+        n.put("r", {"n": Inc(-2), "s": Remove("x")})
+        assert n.get("r") == {"name": "Ada", "n": 3, "m": [1], "s": ["y"]}
+
+
+def test_writes_survive_reopen(tmp_path):
+    with node(tmp_path / "a") as n:
+        n.put("k", {"v": 1})
+    with node(tmp_path / "a") as n:
+        assert n.get("k") == {"v": 1}
+        assert n.stats()["clean_open"] and n.stats()["replayed_changes"] == 0
+
+
+def test_delete_then_write_revives_with_fresh_fields(tmp_path):
+    with node(tmp_path / "a") as n:
+        n.put("k", {"a": 1, "c": Inc(4)})
+        assert n.delete("k")
+        assert n.get("k") is None and n.count() == 0
+        assert not n.delete("k")
+        n.put("k", {"b": 2, "c": Inc(1)})
+        assert n.get("k") == {"b": 2, "c": 1}
+
+
+def test_writing_a_field_as_another_kind_is_refused(tmp_path):
+    with node(tmp_path / "a") as n:
+        n.put("k", {"c": Inc(1)})
+        with pytest.raises(UsageError, match="counter"):
+            n.put("k", {"c": "text"})
+        assert n.get("k") == {"c": 1}
+
+
+def test_two_nodes_converge_after_exchanging_changes(tmp_path):
+    with node(tmp_path / "a") as a, node(tmp_path / "b") as b:
+        a.put("k", {"x": "from a", "n": Inc(1), "tags": Add("a")})
+        b.put("k", {"x": "from b", "n": Inc(2), "tags": Add("b"), "m": MV("b")})
+        from_a, from_b = list(a.changes_since({})), list(b.changes_since({}))
+        assert b.merge_changes(from_a) == 1
+        assert a.merge_changes(from_b) == 1
+        assert a.get("k") == b.get("k")
+        assert a.get("k")["n"] == 3 and a.get("k")["tags"] == ["a", "b"]
+        assert a.merge_changes(from_b) == 0  # already have it: nothing applied twice
+
+
+def test_malformed_change_leaves_the_store_untouched(tmp_path):
+    with node(tmp_path / "a") as a, node(tmp_path / "b") as b:
+        a.put("k", {"x": 1})
+        raw = next(a.changes_since({}))
+        b.put("k", {"x": 0})
+        before = b.get("k"), b.stats()["log_bytes"]
+        bad = bytearray(raw)
+        bad[-20] ^= 1
+        with pytest.raises(MalformedChange):
+            b.merge_changes([bytes(bad)])
+        c = parse_change(raw)
+        lying = build_change(c.actor, c.seq, c.hlc, c.keys, c.fields, c.actors, c.nops,
+                             bytes(c.ops) + b"\x00")
+        with pytest.raises(MalformedChange):
+            b.merge_changes([lying])
+        assert (b.get("k"), b.stats()["log_bytes"]) == before
+
+
+def test_change_stamped_beyond_the_skew_bound_is_refused(tmp_path):
+    with node(tmp_path / "a") as a, node(tmp_path / "b", max_skew_ms=1000) as b:
+        a.clock.last = (a.clock._wall() + 60_000) << 16  # a's clock runs a minute fast
+        a.put("k", {"x": 1})
+        with pytest.raises(ClockSkewError):
+            b.merge_changes(list(a.changes_since({})))
+        assert b.get("k") is None and b.clock.last < a.clock.last
+
+
+def test_blob_failing_its_checksum_is_rebuilt_from_the_log(tmp_path):
+    with node(tmp_path / "a") as n:
+        n.put("k", {"x": "value", "c": Inc(2)})
+        n.put("k", {"c": Inc(3)})
+        s = n.store
+        cls, slot = s.keys.location(s.keys.find(b"k"))
+        s.arenas[cls].file.mm[slot * s.arenas[cls].size + HSIZE + 3] ^= 0x55
+        assert n.get("k") == {"x": "value", "c": 5}
+
+
+def test_crash_without_close_replays_the_log_tail(tmp_path):
+    n = node(tmp_path / "a")
+    n.put("k", {"x": 1})
+    n.checkpoint()
+    n.put("k", {"y": 2})
+    n.put("j", {"z": 3})
+    n.log.close()
+    os.close(n.store._lockfd)  # the process dies: no store close
+    with node(tmp_path / "a") as m:
+        assert m.get("k") == {"x": 1, "y": 2} and m.get("j") == {"z": 3}
+        assert not m.stats()["clean_open"] and m.stats()["replayed_changes"] >= 2
+        m.put("k", {"x": 9})
+        assert m.seq == 4
+
+
+def test_watch_reports_local_and_merged_changes(tmp_path):
+    with node(tmp_path / "a") as a, node(tmp_path / "b") as b:
+        seen = []
+        b.watch("user:", lambda k, rec: seen.append((k, rec)))
+        a.put("user:1", {"n": "x"})
+        b.merge_changes(list(a.changes_since({})))
+        b.put("user:2", {"n": "y"})
+        b.put("other", {"n": "z"})
+        assert seen == [("user:1", {"n": "x"}), ("user:2", {"n": "y"})]
+
+
+def test_scan_returns_visible_records_in_key_order(tmp_path):
+    with node(tmp_path / "a") as n:
+        for k in ["b:2", "a:1", "b:1", "b:3"]:
+            n.put(k, {"v": k})
+        n.delete("b:3")
+        assert [k for k, _ in n.scan("b:")] == ["b:1", "b:2"]
+
+
+def test_get_does_not_load_the_engine(tmp_path):
+    with node(tmp_path / "a") as n:
+        n.put("k", {"v": 1})
+    with node(tmp_path / "a") as n:
+        n.get("k")
+        list(n.scan(""))
+        assert n._engine is None
