@@ -60,14 +60,15 @@ def profile_puts(node, n, count=1000):
         node.put(k, f)
     p.disable()
     st = pstats.Stats(p)
-    total = st.total_tt
-    top = sorted(st.stats.items(), key=lambda kv: -kv[1][2])[:15]
-    out = {"puts": count, "total_us_per_put": total / count * 1e6, "top": []}
-    for (file, line, func), (cc, nc, tt, ct, _) in top:
-        where = os.path.relpath(file) if file.startswith("/") else file
-        out["top"].append({"func": "%s:%d(%s)" % (where, line, func),
-                           "calls_per_put": nc / count, "own_us_per_put": tt / count * 1e6,
-                           "cum_us_per_put": ct / count * 1e6})
+    out = {"puts": count, "total_us_per_put": st.total_tt / count * 1e6}
+    for order, col in (("top", 2), ("top_cum", 3)):  # by own time, by cumulative time
+        out[order] = []
+        for (file, line, func), (cc, nc, tt, ct, _) in sorted(
+                st.stats.items(), key=lambda kv: -kv[1][col])[:15]:
+            where = os.path.relpath(file) if file.startswith("/") else file
+            out[order].append({"func": "%s:%d(%s)" % (where, line, func),
+                               "calls_per_put": nc / count, "own_us_per_put": tt / count * 1e6,
+                               "cum_us_per_put": ct / count * 1e6})
     return out
 
 
