@@ -112,8 +112,27 @@ def cmd_init(args):
     return EXIT_OK
 
 
+def combine(assignments):
+    """Fold repeated fields of one put: n+=3 n-=1 is n+=2, tags[]+=a tags[]+=b adds both."""
+    from .values import Inc, Add, Remove
+    fields = {}
+    for name, v in assignments:
+        if name not in fields:
+            fields[name] = v
+            continue
+        old = fields[name]
+        if type(old) is Inc and type(v) is Inc:
+            fields[name] = Inc(old.delta + v.delta)
+        elif type(old) is type(v) and type(v) in (Add, Remove):
+            fields[name] = type(v)(*old.values, *v.values)
+        else:
+            raise UsageError("field %r is given twice in different ways; split it into two puts"
+                             % name)
+    return fields
+
+
 def cmd_put(args):
-    fields = dict(parse_assignment(a) for a in args.fields)
+    fields = combine(parse_assignment(a) for a in args.fields)
     with _open(args) as n:
         n.put(args.key, fields)
     if args.json:
@@ -218,6 +237,11 @@ def cmd_stats(args):
     return EXIT_OK
 
 
+def cmd_demo(args):
+    from . import demo
+    return demo.run(args.demo_dir)
+
+
 def build_parser():
     from .node import default_data_dir
     p = argparse.ArgumentParser(
@@ -253,6 +277,11 @@ def build_parser():
     s.add_argument("--count", type=int, default=0, help="stop after N changes")
     s.add_argument("--timeout", type=float, default=0, help="stop after SECONDS")
     s.set_defaults(fn=cmd_watch)
+    s = sub.add_parser("demo", help="run the demo: two devices write, sync and agree")
+    s.add_argument("--demo-dir", default=None,
+                   help="where the demo keeps its data (reset on each run; "
+                        "default: $XDG_DATA_HOME/mycelium-demo)")
+    s.set_defaults(fn=cmd_demo)
     s = sub.add_parser("stats", help="counts, sizes and the engine in use")
     s.set_defaults(fn=cmd_stats)
     return p
@@ -261,7 +290,7 @@ def build_parser():
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.cmd not in ("init",) and not os.path.exists(
+        if args.cmd not in ("init", "demo") and not os.path.exists(
                 os.path.join(args.data_dir, "identity.json")):
             raise UsageError("%s is not a Mycelium data directory; run `mycelium init` "
                              "first (or pass --data-dir)" % args.data_dir)
