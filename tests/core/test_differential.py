@@ -369,3 +369,70 @@ def test_big_merge_identical(eng):
     b = _batch(blobs=[b""] * nkeys, ops_bytes=bytes(o), nops=10000)
     assert eng.merge(b) == reference.merge(b)
     assert eng.apply(b) == reference.apply(b)
+
+
+# ---------------------------------------------------------------- odd blobs
+
+def _blob_value(draw):
+    return draw(st.sampled_from([b"\x00", b"\x02", b"\x03\x04", b"\x05\x01a", b"\x05\x00",
+                                 b"\x06\x01\x00", b"\x04" + b"\x00" * 8]))
+
+
+@st.composite
+def odd_blobs(draw):
+    """Blobs that decode but are not canonical: unsorted or duplicated stamp
+    tables (zeros too), duplicate fields and entries, entries out of order,
+    actor indexes anywhere. Both engines must read them the same way."""
+    n = draw(st.integers(0, 4))
+    table = [draw(st.sampled_from([0, 1, 3, 5, 9, 1 << 63])) for _ in range(n)]
+    ref = st.integers(0, n)
+    out = bytearray((1,))
+    put_varint(out, n)
+    for s in table:
+        out += struct.pack("<Q", s)
+    put_varint(out, draw(ref))
+    nf = draw(st.integers(0, 4))
+    put_varint(out, nf)
+    stamp_of = [0] + table
+    for _ in range(nf):
+        put_varint(out, draw(st.integers(0, 3)))
+        kind = draw(st.integers(1, 4))
+        out.append(kind)
+        if kind == 1:
+            i = draw(ref)
+            put_varint(out, i)
+            if stamp_of[i]:
+                put_varint(out, draw(st.integers(0, 1)))
+                out += _blob_value(draw)
+            continue
+        cnt = draw(st.integers(0, 3))
+        put_varint(out, cnt)
+        for _ in range(cnt):
+            if kind == 2:
+                for x in (draw(st.integers(0, 2)), draw(ref), draw(st.integers(0, 9)), draw(st.integers(0, 9))):
+                    put_varint(out, x)
+            elif kind == 3:
+                w, c = draw(ref), draw(ref)
+                for x in (draw(st.integers(0, 2)), w, c):
+                    put_varint(out, x)
+                if stamp_of[w] > stamp_of[c]:
+                    out += _blob_value(draw)
+            else:
+                out += _blob_value(draw)
+                ne = draw(st.integers(0, 3))
+                put_varint(out, ne)
+                for _ in range(ne):
+                    for x in (draw(st.integers(0, 2)), draw(ref), draw(ref)):
+                        put_varint(out, x)
+    return bytes(out)
+
+
+@SETTINGS
+@given(st.lists(odd_blobs(), min_size=1, max_size=2),
+       st.lists(local_op, max_size=5), st.permutations(range(N_FIELDS)))
+def test_odd_blobs_identical(eng, blobs, spec, fperm):
+    spec = [o for o in spec if o[1] < len(blobs)]
+    b = local_batch(blobs, fperm, [0, 1, 2, 3], N_ACTORS, 0, spec)
+    same(eng, "apply", b)
+    m = build_batch(ID_TABLE, list(fperm), [0, 1, 2, 3], blobs, 0, b"")
+    same(eng, "merge", m)
