@@ -7,7 +7,7 @@ blake2b-128 hash of its bytes, which it also carries at its end.
 import hashlib
 import struct
 
-from .codec import get_varint, put_varint
+from .codec import get_varint, put_varint, varint
 from .errors import MalformedChange
 
 __all__ = ["CHANGE_VERSION", "Change", "build_change", "parse_change", "HASH_LEN"]
@@ -27,26 +27,35 @@ class Change:
         return "Change(actor=%016x seq=%d ops=%d)" % (self.actor, self.seq, self.nops)
 
 
+def string_table(strings) -> bytes:
+    """The encoded key or field-name table of a change."""
+    out = bytearray()
+    put_varint(out, len(strings))
+    for s in strings:
+        raw = s.encode("utf-8")
+        put_varint(out, len(raw))
+        out += raw
+    return bytes(out)
+
+
+def actor_table(actors) -> bytes:
+    return varint(len(actors)) + b"".join(_u64.pack(a) for a in actors)
+
+
 def build_change(actor: int, seq: int, hlc: int, keys, fields, actors,
                  nops: int, ops) -> bytes:
     """keys and fields are lists of str; actors a list of 64-bit ids."""
-    out = bytearray((CHANGE_VERSION,))
-    out += _u64.pack(actor)
-    put_varint(out, seq)
-    put_varint(out, hlc)
-    for table in (keys, fields):
-        put_varint(out, len(table))
-        for s in table:
-            raw = s.encode("utf-8")
-            put_varint(out, len(raw))
-            out += raw
-    put_varint(out, len(actors))
-    for a in actors:
-        out += _u64.pack(a)
-    put_varint(out, nops)
-    out += ops
-    out += _blake(out, digest_size=HASH_LEN).digest()
-    return bytes(out)
+    return build_change_raw(actor, seq, hlc, string_table(keys), string_table(fields),
+                            actor_table(actors), nops, ops)
+
+
+def build_change_raw(actor: int, seq: int, hlc: int, keys_t: bytes, fields_t: bytes,
+                     actors_t: bytes, nops: int, ops) -> bytes:
+    """As build_change, with the tables already encoded (the write path
+    caches them)."""
+    body = b"".join((b"\x01", _u64.pack(actor), varint(seq), varint(hlc), keys_t, fields_t,
+                     actors_t, varint(nops), ops))
+    return body + _blake(body, digest_size=HASH_LEN).digest()
 
 
 def _strings(buf, p, what):

@@ -22,9 +22,12 @@ def put_varint(out: bytearray, n: int) -> None:
     out.append(n)
 
 
+_SMALL = [bytes((i,)) for i in range(0x80)]
+
+
 def varint(n: int) -> bytes:
     if n < 0x80:
-        return bytes((n,))
+        return _SMALL[n]
     b = bytearray()
     put_varint(b, n)
     return bytes(b)

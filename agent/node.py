@@ -16,10 +16,9 @@ import struct
 import time
 
 from . import clock as clock_mod
-from .change import build_change, parse_change
-from .codec import encode_value
+from .change import actor_table, build_change_raw, parse_change, string_table
+from .codec import encode_value, varint, zigzag
 from .core import load_engine
-from .core import ops as O
 from .core.batch import build_batch, parse_apply_result, parse_merge_result
 from .errors import UsageError, StoreError, ClockSkewError, ChangeGap
 from .oplog.log import OpLog
@@ -83,6 +82,9 @@ class Node:
             self.vv = {int(a, 16): s for a, s in meta.get("vv", {}).items()}
             self.clock = clock_mod.HLC(self.actor, meta.get("clock", 0), max_skew_ms)
             self.me = self.store.actor_index(self.actor)
+            self._me_map = [self.me]
+            self._me_table = actor_table([self.actor])
+            self._tables = {}
             self.durable = durable
             self.log = OpLog(os.path.join(data_dir, "log"), durable=durable,
                              interval_ms=flush_interval_ms)
@@ -168,32 +170,44 @@ class Node:
             if blob:
                 self._check_kinds(key, blob, fields)
         stamp = self.clock.now()
-        names = list(fields)
-        fmap = [store.field_id(n) for n in names]
-        ops = bytearray()
-        nops = 0
+        sb = varint(stamp)
+        names = tuple(fields)
+        tables = self._tables.get(names)
+        if tables is None:
+            if len(self._tables) > 512:
+                self._tables.clear()
+            tables = self._tables[names] = (
+                [store.field_id(n) for n in names], string_table(names))
+        fmap, ftab = tables
+        parts = []
+        visible = False
         try:
             for fi, name in enumerate(names):
                 v = fields[name]
                 t = type(v)
+                fb = varint(fi)
                 if t is Inc:
-                    O.inc(ops, 0, fi, 0, v.delta)
+                    parts.append(b"\x00\x82" + fb + b"\x00" + varint(zigzag(v.delta)))
                 elif t is MV:
-                    O.mv_write(ops, 0, fi, stamp, 0, v.value)
+                    parts.append(b"\x00\x83" + fb + sb + b"\x00" + encode_value(v.value))
                 elif t is Add:
                     for x in v.values:
-                        O.set_add(ops, 0, fi, stamp, 0, x)
-                    nops += len(v.values) - 1
+                        parts.append(b"\x00\x04" + fb + sb + b"\x00" + encode_value(x))
+                    visible = visible or bool(v.values)
+                    continue
                 elif t is Remove:
                     for x in v.values:
-                        O.set_remove(ops, 0, fi, x)
-                    nops += len(v.values) - 1
+                        parts.append(b"\x00\x85" + fb + encode_value(x))
+                    continue
                 else:
-                    O.lww(ops, 0, fi, stamp, 0, v)
-                nops += 1
+                    parts.append(b"\x00\x01" + fb + sb + b"\x00" + encode_value(v))
+                visible = True
         except ValueError as e:
             raise UsageError("field %r: %s" % (name, e)) from None
-        self._commit_local(key, kid, blob, stamp, names, fmap, nops, ops)
+        # A fresh stamp is above the record's delete stamp, so any write but a
+        # remove leaves the record visible; only then is the blob read again.
+        self._commit_local(key, kb, kid, blob, stamp, ftab, fmap, len(parts),
+                           b"".join(parts), visible)
 
     def delete(self, key: str) -> bool:
         """Delete the record (a tombstone; a later write revives it).
@@ -203,9 +217,8 @@ class Node:
         if not blob or decode_record(blob, self.store.field_names) is None:
             return False
         stamp = self.clock.now()
-        ops = bytearray()
-        O.delete(ops, 0, stamp)
-        self._commit_local(key, kid, blob, stamp, [], [], 1, ops)
+        self._commit_local(key, key.encode("utf-8"), kid, blob, stamp, b"\x00", [], 1,
+                           b"\x00\x06" + varint(stamp), False)
         return True
 
     def _check_kinds(self, key, blob, fields):
@@ -231,20 +244,26 @@ class Node:
             self.repair({kid})
             return self.store.load_id(kid, key) or b""
 
-    def _commit_local(self, key, kid, blob, stamp, names, fmap, nops, ops):
+    def _commit_local(self, key, kb, kid, blob, stamp, ftab, fmap, nops, ops, visible):
         store = self.store
-        batch = build_batch(store.actor_table, fmap, [self.me], [blob], nops, ops)
+        batch = build_batch(store.actor_table, fmap, self._me_map, [blob], nops, ops)
         _, blobs, amap, rnops, rops = parse_apply_result(self.engine.apply(batch))
-        actors = [store.actor_id(i) for i in amap]
+        if amap == self._me_map:
+            atab = self._me_table
+        else:
+            atab = actor_table([store.actor_id(i) for i in amap])
         seq = self.seq + 1
-        raw = build_change(self.actor, seq, stamp, [key], names, actors, rnops, rops)
+        raw = build_change_raw(self.actor, seq, stamp, b"\x01" + varint(len(kb)) + kb,
+                               ftab, atab, rnops, rops)
         self.log.append(raw)
         if self.durable:
             self.log.commit()
         self.seq = seq
         self.vv[self.actor] = seq
         new = blobs[0]
-        store.save(key, new, decode_record(new, store.field_names) is not None, kid)
+        if not visible:
+            visible = decode_record(new, store.field_names) is not None
+        store.save(key, new, visible, kid, kb)
         self._tick()
 
     # -- remote changes

@@ -257,14 +257,14 @@ class Store:
             raise BlobCorrupt(key if key is not None else self.keys.key(kid).decode(), kid)
         return blob
 
-    def save(self, key: str, blob: bytes, visible: bool, kid: int = -1) -> None:
+    def save(self, key: str, blob: bytes, visible: bool, kid: int = -1, kb=None) -> None:
         """Store blob as key's record (copy on write: a new slot, then the
         index, then the old slot is freed)."""
         if len(blob) > MAX_BLOB:
             raise RecordTooLarge("record %r would take %d bytes; the limit is %d. "
                                  "Split it into several records" % (key, len(blob), MAX_BLOB))
         if kid < 0:
-            kid = self.keys.intern(key.encode("utf-8"))
+            kid = self.keys.intern(kb if kb is not None else key.encode("utf-8"))
         old_cls, old_slot = self.keys.location(kid)
         if blob:
             cls = class_for(len(blob))
