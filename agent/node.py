@@ -19,7 +19,8 @@ from . import clock as clock_mod
 from .change import actor_table, build_change_raw, parse_change, string_table
 from .codec import encode_value, varint, zigzag
 from .core import load_engine
-from .core.batch import build_batch, parse_apply_result, parse_merge_result
+from .core.batch import (build_batch, build_batch_raw, index_map, parse_apply_result,
+                         parse_merge_result)
 from .errors import UsageError, StoreError, ClockSkewError, ChangeGap
 from .oplog.log import OpLog
 from .store import Store, BlobCorrupt
@@ -83,6 +84,7 @@ class Node:
             self.clock = clock_mod.HLC(self.actor, meta.get("clock", 0), max_skew_ms)
             self.me = self.store.actor_index(self.actor)
             self._me_map = [self.me]
+            self._me_enc = index_map(self._me_map)
             self._me_table = actor_table([self.actor])
             self._tables = {}
             self.durable = durable
@@ -177,7 +179,7 @@ class Node:
             if len(self._tables) > 512:
                 self._tables.clear()
             tables = self._tables[names] = (
-                [store.field_id(n) for n in names], string_table(names))
+                index_map([store.field_id(n) for n in names]), string_table(names))
         fmap, ftab = tables
         parts = []
         visible = False
@@ -217,7 +219,7 @@ class Node:
         if not blob or decode_record(blob, self.store.field_names) is None:
             return False
         stamp = self.clock.now()
-        self._commit_local(key, key.encode("utf-8"), kid, blob, stamp, b"\x00", [], 1,
+        self._commit_local(key, key.encode("utf-8"), kid, blob, stamp, b"\x00", b"\x00", 1,
                            b"\x00\x06" + varint(stamp), False)
         return True
 
@@ -246,7 +248,7 @@ class Node:
 
     def _commit_local(self, key, kb, kid, blob, stamp, ftab, fmap, nops, ops, visible):
         store = self.store
-        batch = build_batch(store.actor_table, fmap, self._me_map, [blob], nops, ops)
+        batch = build_batch_raw(store.actor_table, fmap, self._me_enc, [blob], nops, ops)
         _, blobs, amap, rnops, rops = parse_apply_result(self.engine.apply(batch))
         if amap == self._me_map:
             atab = self._me_table

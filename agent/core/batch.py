@@ -1,26 +1,29 @@
 """Host side of the core batch (docs/FORMAT.md, "Core batch"): build the
 input of one apply/merge call and read its result. Shared by both engines."""
-from ..codec import get_varint, put_varint
+from ..codec import get_varint, varint
 
 BATCH_VERSION = 1
 
 
 def build_batch(actor_table: bytes, fmap, amap, blobs, nops: int, ops) -> bytes:
     """actor_table: the store's actor ids already packed as u64 LE."""
-    out = bytearray((BATCH_VERSION,))
-    put_varint(out, len(actor_table) // 8)
-    out += actor_table
-    for m in (fmap, amap):
-        put_varint(out, len(m))
-        for x in m:
-            put_varint(out, x)
-    put_varint(out, len(blobs))
+    return build_batch_raw(actor_table, index_map(fmap), index_map(amap), blobs, nops, ops)
+
+
+def index_map(m) -> bytes:
+    """Encode a field or actor map once; the write path caches it."""
+    return varint(len(m)) + b"".join([varint(x) for x in m])
+
+
+def build_batch_raw(actor_table: bytes, fmap_enc: bytes, amap_enc: bytes, blobs, nops, ops):
+    parts = [b"\x01", varint(len(actor_table) // 8), actor_table, fmap_enc, amap_enc,
+             varint(len(blobs))]
     for b in blobs:
-        put_varint(out, len(b))
-        out += b
-    put_varint(out, nops)
-    out += ops
-    return bytes(out)
+        parts.append(varint(len(b)))
+        parts.append(b)
+    parts.append(varint(nops))
+    parts.append(ops)
+    return b"".join(parts)
 
 
 def _blobs(out, p):
