@@ -24,7 +24,7 @@ from .core.batch import (build_batch, build_batch_raw, index_map, parse_apply_re
 from .errors import UsageError, StoreError, ClockSkewError, ChangeGap
 from .oplog.log import OpLog
 from .store import Store, BlobCorrupt
-from .values import Inc, MV, Add, Remove, decode_record
+from .values import Inc, MV, Add, Remove, decode_record, is_visible
 
 __all__ = ["Node", "default_data_dir"]
 
@@ -264,7 +264,7 @@ class Node:
         self.vv[self.actor] = seq
         new = blobs[0]
         if not visible:
-            visible = decode_record(new, store.field_names) is not None
+            visible = is_visible(new)
         store.save(key, new, visible, kid, kb)
         self._tick()
 
@@ -308,7 +308,7 @@ class Node:
         names = store.field_names
         for key, kid, old, b in zip(c.keys, kids, blobs, new):
             if b != old:
-                store.save(key, b, decode_record(b, names) is not None, kid)
+                store.save(key, b, is_visible(b), kid)
         try:
             self.clock.observe(max_h)
         except ClockSkewError:
@@ -345,7 +345,7 @@ class Node:
                 if k in state:
                     state[k] = b
         for key, blob in state.items():
-            store.save(key, blob, decode_record(blob, store.field_names) is not None,
+            store.save(key, blob, is_visible(blob),
                        targets[key])
         store.damaged -= kids
 

@@ -127,3 +127,35 @@ def decode_record(blob, field_names, with_kinds=False):
     if not out:
         return None
     return (out, kinds) if with_kinds else out
+
+
+def is_visible(blob) -> bool:
+    """True if the record has any live field: decode_record(...) is not None,
+    but stops at the first live field and decodes no values."""
+    if not blob:
+        return False
+    n, p = get_varint(blob, 1)
+    p += 8 * n
+    _, p = get_varint(blob, p)
+    nf, p = get_varint(blob, p)
+    for _ in range(nf):
+        _, p = get_varint(blob, p)
+        kind = blob[p]
+        p += 1
+        if kind == LWW:
+            ref, p = get_varint(blob, p)
+            if ref:
+                return True
+        elif kind == CTR:
+            cnt, p = get_varint(blob, p)
+            if cnt:
+                return True
+        else:
+            # mv and set need a walk over values; rare enough to decode fully
+            return decode_record(blob, _AnyName()) is not None
+    return False
+
+
+class _AnyName:
+    def __getitem__(self, i):
+        return i

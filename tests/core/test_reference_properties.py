@@ -6,6 +6,7 @@ from hypothesis import given, settings, strategies as st, HealthCheck
 
 from agent.core import ops as O, reference as R
 from agent.core.batch import build_batch, parse_apply_result, parse_merge_result
+from agent.values import decode_record, is_visible
 
 FIELD_KINDS = ["lww", "counter", "mv", "set"]
 KEYS = 3
@@ -88,6 +89,8 @@ def test_replicas_converge_whatever_the_delivery_order(n, steps, rnd):
             rep.merge(c)
     for rep in reps[1:]:
         assert rep.blobs == reps[0].blobs
+    for b in reps[0].blobs:  # the fast visibility check agrees with a full read
+        assert is_visible(b) == (decode_record(b, list(range(5))) is not None)
 
 
 @settings(max_examples=150, deadline=None, print_blob=True)
