@@ -429,10 +429,13 @@ def odd_blobs(draw):
 
 @SETTINGS
 @given(st.lists(odd_blobs(), min_size=1, max_size=2),
-       st.lists(local_op, max_size=5), st.permutations(range(N_FIELDS)))
-def test_odd_blobs_identical(eng, blobs, spec, fperm):
+       st.lists(local_op, max_size=5), st.permutations(range(N_FIELDS)),
+       st.lists(st.integers(0, N_ACTORS - 1), min_size=1, max_size=6))
+def test_odd_blobs_identical(eng, blobs, spec, fperm, amap):
+    """amap may repeat actors (the inverse map takes the last index) and
+    miss some (contexts then extend it)."""
     spec = [o for o in spec if o[1] < len(blobs)]
-    b = local_batch(blobs, fperm, [0, 1, 2, 3], N_ACTORS, 0, spec)
+    b = local_batch(blobs, fperm, amap, len(amap), amap[0], spec)
     same(eng, "apply", b)
-    m = build_batch(ID_TABLE, list(fperm), [0, 1, 2, 3], blobs, 0, b"")
+    m = build_batch(ID_TABLE, list(fperm), amap, blobs, 0, b"")
     same(eng, "merge", m)
