@@ -58,46 +58,62 @@ class Remove:
 
 def decode_record(blob, field_names, with_kinds=False):
     """Read a record blob (docs/FORMAT.md) into {field: value}; None if the
-    record is deleted or empty. Pure Python, no engine call."""
+    record is deleted or empty. Pure Python, no engine call. Varints are read
+    inline when they fit one byte (nearly always): this is the read path."""
     if not blob:
         return None
-    n, p = get_varint(blob, 1)
-    stamps = p
+    gv = get_varint
+    n = blob[1]
+    p = 2 if n < 0x80 else gv(blob, 1)[1]
+    if n >= 0x80:
+        n = gv(blob, 1)[0]
     p += 8 * n
-    dead, p = get_varint(blob, p)
-    nf, p = get_varint(blob, p)
+    p = p + 1 if blob[p] < 0x80 else gv(blob, p)[1]   # delete stamp
+    nf = blob[p]
+    if nf < 0x80:
+        p += 1
+    else:
+        nf, p = gv(blob, p)
     out = {}
     kinds = {}
     for _ in range(nf):
-        fid, p = get_varint(blob, p)
+        fid = blob[p]
+        if fid < 0x80:
+            p += 1
+        else:
+            fid, p = gv(blob, p)
         kind = blob[p]
-        p += 1
+        ref = blob[p + 1]
+        p += 2
         name = field_names[fid]
         if kind == LWW:
-            ref, p = get_varint(blob, p)
+            if ref >= 0x80:
+                ref, p = gv(blob, p - 1)
             if ref:
-                _, p = get_varint(blob, p)
+                p = p + 1 if blob[p] < 0x80 else gv(blob, p)[1]   # actor
                 out[name], p = decode_value(blob, p)
                 kinds[name] = "lww"
-        elif kind == CTR:
-            cnt, p = get_varint(blob, p)
+            continue
+        p -= 1
+        if kind == CTR:
+            cnt, p = gv(blob, p)
             total = 0
             for _ in range(cnt):
-                _, p = get_varint(blob, p)
-                _, p = get_varint(blob, p)
-                pp, p = get_varint(blob, p)
-                nn, p = get_varint(blob, p)
+                _, p = gv(blob, p)
+                _, p = gv(blob, p)
+                pp, p = gv(blob, p)
+                nn, p = gv(blob, p)
                 total += pp - nn
             if cnt:
                 out[name] = total
                 kinds[name] = "counter"
         elif kind == MV_KIND:
-            cnt, p = get_varint(blob, p)
+            cnt, p = gv(blob, p)
             vals = []
             for _ in range(cnt):
-                _, p = get_varint(blob, p)
-                w, p = get_varint(blob, p)
-                c, p = get_varint(blob, p)
+                _, p = gv(blob, p)
+                w, p = gv(blob, p)
+                c, p = gv(blob, p)
                 if w > c:  # refs are ordered like the stamps they point to
                     start = p
                     v, p = decode_value(blob, p)
@@ -107,16 +123,16 @@ def decode_record(blob, field_names, with_kinds=False):
                 out[name] = [v for _, v in vals]
                 kinds[name] = "mv"
         else:
-            cnt, p = get_varint(blob, p)
+            cnt, p = gv(blob, p)
             elems = []
             for _ in range(cnt):
                 v, p = decode_value(blob, p)
-                m, p = get_varint(blob, p)
+                m, p = gv(blob, p)
                 live = False
                 for _ in range(m):
-                    _, p = get_varint(blob, p)
-                    ad, p = get_varint(blob, p)
-                    rm, p = get_varint(blob, p)
+                    _, p = gv(blob, p)
+                    ad, p = gv(blob, p)
+                    rm, p = gv(blob, p)
                     if ad > rm:
                         live = True
                 if live:

@@ -17,7 +17,13 @@ from pyroaring import BitMap
 
 from ..errors import StoreCorrupt, StoreLocked, RecordTooLarge, UsageError
 from .arena import Arena, SIZE_CLASSES, MAX_BLOB, VISIBLE, class_for, slot_crc
-from .keyindex import KeyIndex, NO_CLASS
+from .arena import HEADER as _SLOT
+from .keyindex import KeyIndex, NO_CLASS, ENTRY as _ENTRY
+
+_entry_unpack = _ENTRY.unpack_from
+_slot_unpack = _SLOT.unpack_from
+_crc = zlib.crc32
+_u32 = struct.Struct("<I")
 
 META_VERSION = 1
 _meta_hdr = struct.Struct("<BBHI")
@@ -247,13 +253,18 @@ class Store:
         return self.load_id(kid, key)
 
     def load_id(self, kid: int, key=None):
-        cls, slot = self.keys.location(kid)
+        _, _, cls, _, slot = _entry_unpack(self.keys.tab.mm, 16 + kid * 12)
         if cls == NO_CLASS:
             if kid in self.damaged:
                 raise BlobCorrupt(key, kid)
             return None
-        crc, skid, ln, blob = self.arenas[cls].read(slot)
-        if blob is None or skid != kid or crc != slot_crc(kid, blob):
+        arena = self.arenas[cls]
+        off = slot * arena.size
+        mm = arena.file.mm
+        crc, skid, ln = _slot_unpack(mm, off)
+        ln &= 0x7FFF
+        blob = mm[off + 10:off + 10 + ln] if ln <= arena.size - 10 else None
+        if blob is None or skid != kid or crc != _crc(blob, _crc(_u32.pack(kid))):
             raise BlobCorrupt(key if key is not None else self.keys.key(kid).decode(), kid)
         return blob
 
