@@ -1,0 +1,630 @@
+"""The sync session, sans I/O: bytes in, bytes and events out.
+
+    s = Session(node, my_device_id, peer_id=their_device_id)
+    s.start()                       # queues HELLO
+    loop:
+        s.receive(bytes_from_peer)  # merges, acks; never raises for bad peer input
+        s.pump()                    # queues change batches the peer lacks
+        send(s.data_to_send())
+        for ev in s.events(): ...
+        if s.closed: close the connection
+
+Version vectors are the truth: each side sends, in log order, the changes
+above the peer's vector, in batches; the peer answers every batch with an
+ACK holding its whole vector after the merge. The Bloom filter (pybloom-live)
+of hashes a peer recently merged from third parties only lets a sender skip
+changes at the *tail* of an actor's run in a batch, so a skip never puts a
+later change of that actor in front of a missing one; and if an ACK shows the
+peer below what was sent or skipped (a false positive), the sender rewinds to
+the peer's vector and stops trusting the filter for that actor. A receiver
+drops (never merges) a change that would leave a gap, and its ACK makes the
+sender resend. So the filter can only save bytes, never lose a change.
+
+Any malformed frame or message, a change the node refuses (MalformedChange,
+ClockSkewError) or a message out of turn closes this session only (a BYE with
+the reason is queued for the peer); nothing from that frame is applied.
+Faults of our own store (StoreError, CoreError, LogError) are raised.
+"""
+import hashlib
+import struct
+import time
+from collections import deque
+
+from pybloom_live import BloomFilter
+
+from ..change import HASH_LEN, parse_change
+from ..codec import get_varint, put_varint
+from ..errors import MalformedChange, RemoteError
+from .frame import FrameReader, ProtocolError, encode_frame, MAX_DECODED
+
+__all__ = ["PROTOCOL", "Session", "Recent", "HELLO", "CHANGES", "ACK", "IDLE", "HAVE", "BYE",
+           "encode_vv", "decode_vv"]
+
+PROTOCOL = 1
+HELLO, CHANGES, ACK, IDLE, HAVE, BYE = 1, 2, 3, 4, 5, 6
+NAMES = {HELLO: "HELLO", CHANGES: "CHANGES", ACK: "ACK", IDLE: "IDLE", HAVE: "HAVE", BYE: "BYE"}
+BATCH_BYTES = 2 << 20          # raw change bytes per CHANGES batch (well under the frame cap)
+WINDOW = 4                      # batches in flight before waiting for an ACK
+BLOOM_CAPACITY = 4096
+BLOOM_ERROR = 0.01
+MAX_BLOOM_CAPACITY = 1 << 16
+MAX_ID = 64
+FLAG_LIVE = 1
+_u64 = struct.Struct("<Q")
+_blake = hashlib.blake2b
+
+
+# -- events
+
+
+class Event:
+    __slots__ = ()
+    kind = "event"
+
+    def __repr__(self):
+        return "%s(%s)" % (type(self).__name__, ", ".join(
+            "%s=%r" % (k, getattr(self, k)) for k in self.__slots__))
+
+
+class Connected(Event):
+    __slots__ = ("peer_id", "peer_actor", "peer_vv")
+    kind = "connected"
+
+    def __init__(self, peer_id, peer_actor, peer_vv):
+        self.peer_id, self.peer_actor, self.peer_vv = peer_id, peer_actor, peer_vv
+
+
+class Received(Event):
+    """A batch from the peer was merged: changes in it, new, duplicate, dropped (gap)."""
+    __slots__ = ("batch", "changes", "new", "dup", "gap", "ops_bytes")
+    kind = "received"
+
+    def __init__(self, batch, changes, new, dup, gap, ops_bytes):
+        self.batch, self.changes, self.new, self.dup, self.gap = batch, changes, new, dup, gap
+        self.ops_bytes = ops_bytes
+
+
+class Sent(Event):
+    __slots__ = ("batch", "changes", "skipped", "raw_bytes", "wire_bytes")
+    kind = "sent"
+
+    def __init__(self, batch, changes, skipped, raw_bytes, wire_bytes):
+        self.batch, self.changes, self.skipped = batch, changes, skipped
+        self.raw_bytes, self.wire_bytes = raw_bytes, wire_bytes
+
+
+class Acked(Event):
+    __slots__ = ("batch", "peer_vv", "rewound")
+    kind = "acked"
+
+    def __init__(self, batch, peer_vv, rewound):
+        self.batch, self.peer_vv, self.rewound = batch, peer_vv, rewound
+
+
+class CaughtUp(Event):
+    """Both sides have sent everything the other lacked (so far)."""
+    __slots__ = ("peer_vv",)
+    kind = "caught_up"
+
+    def __init__(self, peer_vv):
+        self.peer_vv = peer_vv
+
+
+class Closed(Event):
+    """The session ended: error is None for a clean BYE, else the exception."""
+    __slots__ = ("reason", "error", "by_peer")
+    kind = "closed"
+
+    def __init__(self, reason, error=None, by_peer=False):
+        self.reason, self.error, self.by_peer = reason, error, by_peer
+
+
+# -- encodings
+
+
+def encode_vv(out: bytearray, vv: dict) -> None:
+    items = sorted((a, s) for a, s in vv.items() if s > 0)
+    put_varint(out, len(items))
+    for a, s in items:
+        out += _u64.pack(a)
+        put_varint(out, s)
+
+
+def decode_vv(buf, p):
+    n, p = get_varint(buf, p)
+    if n * 9 > len(buf) - p:
+        raise ProtocolError("version vector count %d runs past the message" % n)
+    vv = {}
+    for _ in range(n):
+        if p + 8 > len(buf):
+            raise ProtocolError("version vector runs past the message")
+        a = _u64.unpack_from(buf, p)[0]
+        s, p = get_varint(buf, p + 8)
+        if a == 0 or s == 0 or a in vv:
+            raise ProtocolError("version vector has a zero or repeated entry")
+        vv[a] = s
+    return vv, p
+
+
+def _bloom_bytes(bf) -> bytes:
+    return bf.bitarray.tobytes() if bf is not None else b""
+
+
+def encode_bloom(out: bytearray, bf) -> None:
+    if bf is None:
+        put_varint(out, 0)
+        return
+    put_varint(out, bf.capacity)
+    raw = _bloom_bytes(bf)
+    put_varint(out, len(raw))
+    out += raw
+
+
+def decode_bloom(buf, p):
+    cap, p = get_varint(buf, p)
+    if cap == 0:
+        return None, p
+    if cap > MAX_BLOOM_CAPACITY:
+        raise ProtocolError("Bloom filter capacity %d is over %d" % (cap, MAX_BLOOM_CAPACITY))
+    n, p = get_varint(buf, p)
+    bf = BloomFilter(cap, BLOOM_ERROR)
+    want = (bf.num_bits + 7) // 8
+    if n != want or p + n > len(buf):
+        raise ProtocolError("Bloom filter has %d bytes, expected %d" % (n, want))
+    bits = bf.bitarray.__class__(endian="little")
+    bits.frombytes(bytes(buf[p:p + n]))
+    del bits[bf.num_bits:]
+    bf.bitarray = bits
+    bf.count = cap
+    return bf, p + n
+
+
+class Recent:
+    """Hashes of changes recently merged from any peer, shared by the sessions
+    of one daemon; its Bloom filter tells other peers what not to resend."""
+
+    def __init__(self, capacity=BLOOM_CAPACITY):
+        self.hashes = deque(maxlen=capacity)
+        self.capacity = capacity
+        self.version = 0
+        self._bf = None
+        self._bf_version = -1
+
+    def add(self, h: bytes) -> None:
+        self.hashes.append(h)
+        self.version += 1
+
+    def bloom(self):
+        if not self.hashes:
+            return None
+        if self._bf_version != self.version:
+            bf = BloomFilter(self.capacity, BLOOM_ERROR)
+            for h in self.hashes:
+                bf.add(h, skip_check=True)
+            self._bf, self._bf_version = bf, self.version
+        return self._bf
+
+
+def _head(raw):
+    """(actor, seq, hlc) of a change without the full parse."""
+    actor = _u64.unpack_from(raw, 1)[0]
+    seq, p = get_varint(raw, 9)
+    hlc, _ = get_varint(raw, p)
+    return actor, seq, hlc
+
+
+# -- the session
+
+
+class Session:
+    def __init__(self, node, device_id: str, peer_id: str = None, *, live: bool = False,
+                 recent: Recent = None, batch_bytes: int = BATCH_BYTES, window: int = WINDOW,
+                 use_bloom: bool = True):
+        self.node = node
+        self.device_id = device_id
+        self.expect_peer = peer_id
+        self.live = live
+        self.recent = recent if recent is not None else Recent()
+        self.batch_bytes = min(batch_bytes, MAX_DECODED // 2)
+        self.window = window
+        self.use_bloom = use_bloom
+        self._reader = FrameReader()
+        self._out = bytearray()
+        self._events = []
+        self.closed = False
+        self.error = None
+        # peer
+        self.peer_id = None
+        self.peer_actor = None
+        self.peer_vv = None
+        self.peer_live = False
+        self.peer_bloom = None
+        # sending
+        self.sent_vv = {}
+        self.cursor = (0, 0)
+        self.next_batch = 1
+        self.in_flight = {}          # batch -> sent_vv snapshot after it
+        self.rewound_at = 0
+        self.no_skip = set()
+        self.idle_sent = False
+        self.peer_idle = False
+        self.caught_up = False
+        # counters
+        self.stats = {"sent_changes": 0, "sent_batches": 0, "skipped": 0, "recv_changes": 0,
+                      "new": 0, "dup": 0, "gap": 0, "wire_out": 0, "wire_in": 0,
+                      "raw_out": 0, "raw_in": 0, "rewinds": 0}
+        self.recv_batch = 0
+        self.last_heard = time.monotonic()
+
+    # -- I/O surface
+
+    def start(self) -> None:
+        out = bytearray((HELLO,))
+        put_varint(out, PROTOCOL)
+        did = self.device_id.encode("ascii")
+        put_varint(out, len(did))
+        out += did
+        out += _u64.pack(self.node.actor)
+        encode_vv(out, self.node.vv)
+        put_varint(out, FLAG_LIVE if self.live else 0)
+        encode_bloom(out, self.recent.bloom() if self.use_bloom else None)
+        self._send(out)
+
+    def data_to_send(self) -> bytes:
+        data = bytes(self._out)
+        self._out.clear()
+        return data
+
+    def events(self) -> list:
+        ev, self._events = self._events, []
+        return ev
+
+    def receive(self, data) -> None:
+        """Feed bytes from the peer. Bad peer input closes the session (see
+        .closed, .error and a Closed event); it is never raised."""
+        if self.closed:
+            return
+        self.stats["wire_in"] += len(data)
+        self.last_heard = time.monotonic()
+        self._reader.feed(data)
+        try:
+            while not self.closed:
+                payload = self._reader.next()
+                if payload is None:
+                    break
+                self._dispatch(payload)
+        except (RemoteError, MalformedChange) as e:
+            self.fail(e)
+
+    def eof(self) -> None:
+        """The peer closed the connection."""
+        if self.closed:
+            return
+        if self._reader.pending():
+            from .frame import SizeMismatch
+            self.fail(SizeMismatch("connection closed in the middle of a frame "
+                                   "(%d bytes of it arrived)" % self._reader.pending()),
+                      send_bye=False)
+        else:
+            self._close("peer closed the connection", None, by_peer=True)
+
+    def fail(self, err, send_bye=True) -> None:
+        if self.closed:
+            return
+        if send_bye:
+            self._bye(1, "%s: %s" % (type(err).__name__, err))
+        self._close(str(err), err)
+
+    def close(self, reason="closing") -> None:
+        """End cleanly (queues a BYE)."""
+        if not self.closed:
+            self._bye(0, reason)
+            self._close(reason, None)
+
+    @property
+    def ready(self) -> bool:
+        return self.peer_vv is not None and not self.closed
+
+    # -- sending changes
+
+    def pump(self) -> int:
+        """Queue CHANGES batches while the window allows; an IDLE once all is
+        sent and acknowledged. Returns how many batches were queued."""
+        if not self.ready:
+            return 0
+        queued = 0
+        while len(self.in_flight) < self.window:
+            if not self._one_batch():
+                break
+            queued += 1
+        if not queued and not self.in_flight and not self.idle_sent:
+            self.idle_sent = True
+            self._send(bytes((IDLE,)) + _varint(self.next_batch - 1))
+            self._check_caught_up()
+        return queued
+
+    def _one_batch(self) -> bool:
+        sent_vv = self.sent_vv
+        picked = []          # (raw, actor, seq)
+        size = 0
+        last = self.cursor
+        log = self.node.log
+        for pos, raw in log.read(self.cursor):
+            last = (pos[0], pos[1] + 8 + len(raw))
+            try:
+                actor, seq, _ = _head(raw)
+            except (MalformedChange, struct.error):
+                continue
+            have = sent_vv.get(actor, 0)
+            if seq != have + 1:
+                continue
+            sent_vv[actor] = seq
+            picked.append((raw, actor, seq))
+            size += len(raw)
+            if size >= self.batch_bytes:
+                break
+        self.cursor = last
+        if not picked:
+            return False
+        bf = self.peer_bloom
+        out = bytearray((CHANGES,))
+        put_varint(out, self.next_batch)
+        keep = picked
+        skipped = 0
+        if bf is not None and self.use_bloom:
+            # Tail rule: skip a change only if no later change of its actor
+            # is sent in this batch.
+            sending = set()
+            keep = []
+            for item in reversed(picked):
+                raw, actor, seq = item
+                if actor not in sending and actor not in self.no_skip and raw[-HASH_LEN:] in bf:
+                    skipped += 1
+                    continue
+                sending.add(actor)
+                keep.append(item)
+            keep.reverse()
+        put_varint(out, len(keep))
+        raw_bytes = 0
+        for raw, _, _ in keep:
+            n = len(raw) - HASH_LEN           # the hash is recomputed by the receiver
+            put_varint(out, n)
+            out += memoryview(raw)[:n]
+            raw_bytes += n
+        batch = self.next_batch
+        self.next_batch += 1
+        self.in_flight[batch] = dict(sent_vv)
+        wire = self._send(out)
+        self.idle_sent = False
+        self.caught_up = False
+        st = self.stats
+        st["sent_changes"] += len(keep)
+        st["sent_batches"] += 1
+        st["skipped"] += skipped
+        st["raw_out"] += raw_bytes
+        self._events.append(Sent(batch, len(keep), skipped, raw_bytes, wire))
+        return True
+
+    # -- messages
+
+    def _send(self, payload) -> int:
+        frame = encode_frame(payload)
+        self._out += frame
+        self.stats["wire_out"] += len(frame)
+        return len(frame)
+
+    def _bye(self, code, reason):
+        out = bytearray((BYE,))
+        put_varint(out, code)
+        r = reason.encode("utf-8")[:1000]
+        put_varint(out, len(r))
+        out += r
+        self._send(out)
+
+    def _close(self, reason, err, by_peer=False):
+        self.closed = True
+        self.error = err
+        self._events.append(Closed(reason, err, by_peer))
+
+    def _dispatch(self, payload) -> None:
+        if not payload:
+            raise ProtocolError("empty message")
+        t = payload[0]
+        if self.peer_vv is None and t != HELLO:
+            raise ProtocolError("%s before HELLO" % NAMES.get(t, "message type %d" % t))
+        try:
+            if t == HELLO:
+                self._on_hello(payload)
+            elif t == CHANGES:
+                self._on_changes(payload)
+            elif t == ACK:
+                self._on_ack(payload)
+            elif t == IDLE:
+                self._on_idle(payload)
+            elif t == HAVE:
+                self._on_have(payload)
+            elif t == BYE:
+                self._on_bye(payload)
+            else:
+                raise ProtocolError("unknown message type %d" % t)
+        except MalformedChange as e:
+            if "varint" in str(e):
+                raise ProtocolError("%s message is truncated (%s)" % (NAMES[t], e)) from None
+            raise
+
+    def _on_hello(self, m):
+        if self.peer_vv is not None:
+            raise ProtocolError("second HELLO (a replayed frame?)")
+        proto, p = get_varint(m, 1)
+        if proto != PROTOCOL:
+            raise ProtocolError("peer speaks sync protocol %d; this build speaks %d: "
+                                "upgrade the older device" % (proto, PROTOCOL))
+        n, p = get_varint(m, p)
+        if n > MAX_ID or p + n + 8 > len(m):
+            raise ProtocolError("HELLO device id is malformed")
+        try:
+            peer_id = bytes(m[p:p + n]).decode("ascii")
+        except UnicodeDecodeError:
+            raise ProtocolError("HELLO device id is not ASCII") from None
+        p += n
+        if self.expect_peer is not None and peer_id != self.expect_peer:
+            raise ProtocolError("peer says it is %s but its certificate is %s"
+                                % (peer_id, self.expect_peer))
+        actor = _u64.unpack_from(m, p)[0]
+        p += 8
+        if actor == 0 or actor == self.node.actor:
+            raise ProtocolError("peer uses actor id %016x, which is %s" % (
+                actor, "zero" if actor == 0 else "ours: a copied data directory? "
+                "give one device a fresh `mycelium init`"))
+        vv, p = decode_vv(m, p)
+        flags, p = get_varint(m, p)
+        bf, p = decode_bloom(m, p)
+        if p != len(m):
+            raise ProtocolError("HELLO has %d trailing bytes" % (len(m) - p))
+        self.peer_id, self.peer_actor, self.peer_vv = peer_id, actor, vv
+        self.peer_live = bool(flags & FLAG_LIVE)
+        self.peer_bloom = bf
+        self.sent_vv = dict(vv)
+        self._events.append(Connected(peer_id, actor, dict(vv)))
+
+    def _on_changes(self, m):
+        batch, p = get_varint(m, 1)
+        if batch != self.recv_batch + 1:
+            raise ProtocolError("CHANGES batch %d arrived after batch %d (a replayed or "
+                                "reordered frame)" % (batch, self.recv_batch))
+        n, p = get_varint(m, p)
+        if n > len(m):
+            raise ProtocolError("CHANGES count %d runs past the message" % n)
+        node = self.node
+        vv = node.vv
+        check = node.clock.check
+        expect = {}
+        take, dup, gap = [], 0, 0
+        blocked = set()
+        hashes = []
+        size = 0
+        for _ in range(n):
+            ln, p = get_varint(m, p)
+            if p + ln > len(m):
+                raise ProtocolError("a change runs past the CHANGES message")
+            body = m[p:p + ln]
+            p += ln
+            h = _blake(body, digest_size=HASH_LEN).digest()
+            raw = body + h
+            c = parse_change(raw)          # MalformedChange: nothing of the batch applied
+            check(c.hlc)                   # ClockSkewError: likewise
+            size += ln
+            cur = expect.get(c.actor)
+            if cur is None:
+                cur = vv.get(c.actor, 0)
+            if c.seq <= cur:
+                dup += 1
+            elif c.seq == cur + 1 and c.actor not in blocked:
+                expect[c.actor] = c.seq
+                take.append(raw)
+                hashes.append(h)
+            else:
+                gap += 1              # dropped; the ACK makes the sender rewind
+                blocked.add(c.actor)
+        if p != len(m):
+            raise ProtocolError("CHANGES has %d trailing bytes" % (len(m) - p))
+        self.recv_batch = batch
+        self.peer_idle = False
+        new = node.merge_changes(take) if take else 0
+        for h in hashes:
+            self.recent.add(h)
+        st = self.stats
+        st["recv_changes"] += n
+        st["new"] += new
+        st["dup"] += dup + (len(take) - new)
+        st["gap"] += gap
+        st["raw_in"] += size
+        out = bytearray((ACK,))
+        put_varint(out, batch)
+        encode_vv(out, node.vv)
+        self._send(out)
+        self.caught_up = False
+        self._events.append(Received(batch, n, new, dup + len(take) - new, gap, size))
+
+    def _on_ack(self, m):
+        batch, p = get_varint(m, 1)
+        vv, p = decode_vv(m, p)
+        if p != len(m):
+            raise ProtocolError("ACK has trailing bytes")
+        snap = self.in_flight.pop(batch, None)
+        if snap is None or (self.in_flight and batch > min(self.in_flight)):
+            raise ProtocolError("ACK for batch %d, which is not the oldest in flight "
+                                "(a replayed frame?)" % batch)
+        rewound = self._learn_vv(vv, snap if batch >= self.rewound_at else None)
+        self._events.append(Acked(batch, dict(vv), rewound))
+
+    def _learn_vv(self, vv, expected):
+        """Fold in the peer's vector; rewind where it is below what we sent."""
+        pv = self.peer_vv
+        for a, s in vv.items():
+            if s > pv.get(a, 0):
+                pv[a] = s
+            if s > self.sent_vv.get(a, 0):
+                self.sent_vv[a] = s
+        rewound = []
+        if expected is not None:
+            for a, s in expected.items():
+                have = vv.get(a, 0)
+                if have < s and self.sent_vv.get(a, 0) > have:
+                    self.sent_vv[a] = have
+                    self.no_skip.add(a)
+                    rewound.append(a)
+        if rewound:
+            self.cursor = (0, 0)
+            self.rewound_at = self.next_batch
+            self.stats["rewinds"] += 1
+            self.idle_sent = False
+        return rewound
+
+    def _on_idle(self, m):
+        sent, p = get_varint(m, 1)
+        if p != len(m) or sent != self.recv_batch:
+            raise ProtocolError("IDLE after batch %d, but batch %d was the last received"
+                                % (sent, self.recv_batch))
+        self.peer_idle = True
+        self._check_caught_up()
+
+    def _on_have(self, m):
+        vv, p = decode_vv(m, 1)
+        bf, p = decode_bloom(m, p)
+        if p != len(m):
+            raise ProtocolError("HAVE has trailing bytes")
+        self._learn_vv(vv, None)
+        if bf is not None:
+            self.peer_bloom = bf
+
+    def _on_bye(self, m):
+        code, p = get_varint(m, 1)
+        n, p = get_varint(m, p)
+        reason = bytes(m[p:p + n]).decode("utf-8", "replace")
+        err = None
+        if code:
+            from .errors import PeerRefused
+            err = PeerRefused("peer %s closed the session: %s" % (self.peer_id, reason))
+        self._close("peer said: " + reason, err, by_peer=True)
+
+    def _check_caught_up(self):
+        if self.peer_idle and self.idle_sent and not self.in_flight and not self.caught_up:
+            self.caught_up = True
+            self._events.append(CaughtUp(dict(self.peer_vv)))
+
+    def have(self) -> None:
+        """Queue a HAVE (our vector and recent-arrivals filter): the live
+        keep-alive, and a hint that spares the peer resending relayed changes."""
+        if not self.ready:
+            return
+        out = bytearray((HAVE,))
+        encode_vv(out, self.node.vv)
+        encode_bloom(out, self.recent.bloom() if self.use_bloom else None)
+        self._send(out)
+
+
+def _varint(n):
+    b = bytearray()
+    put_varint(b, n)
+    return bytes(b)
