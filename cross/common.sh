@@ -1,0 +1,128 @@
+# Shared helpers for cross/ and qemu/ (POSIX sh, sourced; needs root).
+#
+#   CROSS_CACHE   where roots, ccache and pip caches live between builds
+#                 (default /var/cache/mycelium-cross; never inside the repo)
+#   ARCH          arm64 (default) or armhf
+#
+# A root is an mmdebstrap'ed Debian bookworm for $ARCH, run through qemu-user
+# and binfmt, with a venv at /opt/venv holding the project's runtime and test
+# dependencies. It is rebuilt only when cross/root-packages.txt or
+# packaging/requirements*.txt change (a stamp records their hash).
+
+set -eu
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+CROSS_CACHE=${CROSS_CACHE:-/var/cache/mycelium-cross}
+ARCH=${ARCH:-arm64}
+SUITE=bookworm
+MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+ROOT=$CROSS_CACHE/root-$ARCH
+
+case $ARCH in
+  arm64) QEMU_BIN=qemu-aarch64; DEB_TRIPLET=aarch64-linux-gnu; UNAME_M=aarch64 ;;
+  armhf) QEMU_BIN=qemu-arm; DEB_TRIPLET=arm-linux-gnueabihf; UNAME_M=armv7l ;;
+  *) echo "ARCH must be arm64 or armhf, not $ARCH" >&2; exit 2 ;;
+esac
+
+log() { printf '[%s %s] %s\n' "$(date +%H:%M:%S)" "$ARCH" "$*" >&2; }
+
+need_root() {
+  if [ "$(id -u)" != 0 ]; then
+    echo "this needs root (mmdebstrap, chroot, binfmt); run it with sudo" >&2
+    exit 2
+  fi
+}
+
+# Host packages: qemu-user + binfmt, mmdebstrap; idempotent.
+host_tools() {
+  missing=
+  for p in qemu-user-static binfmt-support mmdebstrap; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
+  done
+  if [ -n "$missing" ]; then
+    log "installing host packages:$missing"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+  fi
+  enable_binfmt
+}
+
+enable_binfmt() {
+  if [ ! -e /proc/sys/fs/binfmt_misc/status ]; then
+    mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+  fi
+  update-binfmts --enable >/dev/null 2>&1 || true
+  if [ ! -e "/proc/sys/fs/binfmt_misc/$QEMU_BIN" ]; then
+    update-binfmts --enable "$QEMU_BIN" >/dev/null 2>&1 || true
+  fi
+  [ -e "/proc/sys/fs/binfmt_misc/$QEMU_BIN" ] || {
+    echo "binfmt for $QEMU_BIN is not registered (is qemu-user-static installed?)" >&2
+    exit 3
+  }
+}
+
+root_stamp() {
+  cat "$REPO/cross/root-packages.txt" "$REPO/packaging/requirements-runtime.txt" \
+      "$REPO/packaging/requirements-test.txt" | sha256sum | cut -c1-16
+}
+
+# Run a command inside $ROOT with /proc, /dev, /sys and the caches mounted;
+# the mounts live in a private mount namespace and vanish with it.
+in_root() {
+  mkdir -p "$CROSS_CACHE/pip-$ARCH" "$CROSS_CACHE/ccache-$ARCH" "$ROOT/root/.cache/pip" \
+           "$ROOT/root/.cache/ccache"
+  cp -L /etc/resolv.conf "$ROOT/etc/resolv.conf" 2>/dev/null || true
+  unshare --mount --propagation private -- sh -eu -c '
+    R=$1; C=$2; A=$3; shift 3
+    mount -t proc proc "$R/proc"
+    mount --rbind /dev "$R/dev"
+    mount --rbind /sys "$R/sys"
+    mount -t tmpfs tmpfs "$R/tmp"
+    mount --bind "$C/pip-$A" "$R/root/.cache/pip"
+    mount --bind "$C/ccache-$A" "$R/root/.cache/ccache"
+    exec chroot "$R" /usr/bin/env -i HOME=/root LANG=C.UTF-8 \
+      PATH=/opt/venv/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin \
+      PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=180 \
+      CCACHE_DIR=/root/.cache/ccache "$@"
+  ' in_root "$ROOT" "$CROSS_CACHE" "$ARCH" "$@"
+}
+
+# Copy the work tree (tracked and untracked-but-not-ignored files) to $ROOT/src.
+sync_src() {
+  rm -rf "$ROOT/src"
+  mkdir -p "$ROOT/src"
+  (cd "$REPO" && git ls-files -z --cached --others --exclude-standard |
+     tar --null -T - --ignore-failed-read -cf - 2>/dev/null) | tar -xf - -C "$ROOT/src"
+}
+
+# Build (or reuse) the root. Idempotent; prints nothing when reused.
+ensure_root() {
+  need_root
+  host_tools
+  stamp=$(root_stamp)
+  if [ -f "$ROOT/.mycelium-root" ] && [ "$(cat "$ROOT/.mycelium-root")" = "$stamp" ]; then
+    return 0
+  fi
+  mkdir -p "$CROSS_CACHE"
+  t0=$(date +%s)
+  rm -rf "$ROOT.new"
+  pkgs=$(grep -v '^#' "$REPO/cross/root-packages.txt" | awk -v a="$ARCH" \
+         '$1 == "all" || $1 == a { print $2 }' | paste -sd, -)
+  log "mmdebstrap $SUITE $ARCH ($pkgs)"
+  mmdebstrap --quiet --arch="$ARCH" --variant=apt --include="$pkgs" \
+    --aptopt='APT::Install-Recommends "false"' \
+    "$SUITE" "$ROOT.new" "$MIRROR" >&2
+  t1=$(date +%s)
+  log "root made in $((t1 - t0)) s; making /opt/venv"
+  rm -rf "$ROOT"
+  mv "$ROOT.new" "$ROOT"
+  mkdir -p "$ROOT/opt/req"
+  cp "$REPO/packaging/requirements-runtime.txt" "$REPO/packaging/requirements-test.txt" \
+     "$ROOT/opt/req/"
+  in_root sh -euc '
+    python3 -m venv /opt/venv
+    /opt/venv/bin/pip install -q -r /opt/req/requirements-runtime.txt \
+      -r /opt/req/requirements-test.txt'
+  t2=$(date +%s)
+  log "venv made in $((t2 - t1)) s"
+  echo "$stamp" > "$ROOT/.mycelium-root"
+}

@@ -1,0 +1,105 @@
+#!/bin/sh
+# Build the `mycelium` binary with Nuitka.
+#
+#   packaging/build.sh [MODE] [OUT]
+#     MODE  standalone      a folder: OUT/mycelium.dist/mycelium (+ libs)
+#           onefile         one file, unpacked to a fresh temp dir each run
+#           onefile-cached  one file, unpacked once to a persistent cache dir
+#                           ($XDG_CACHE_HOME or ~/.cache)/mycelium/bin-VERSION)
+#     OUT   output folder (default dist/MODE)
+#   PYTHON  the Python whose site-packages hold Nuitka and the runtime
+#           dependencies (default build/venv/bin/python; `make dist` makes it)
+#
+# The binary carries the Python runtime, the agent package compiled to C,
+# wasmtime's native library laid out as in site-packages
+# (wasmtime/linux-ARCH/_libwasmtime.so plus its dist-info, so agent/core/wasm.py
+# finds it unchanged), agent/core/crdt_core.wasm and its precompiled .cwasm.
+# Where wasmtime has no build (armhf), the binary runs the reference engine.
+set -eu
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+MODE=${1:-standalone}
+OUT=${2:-$REPO/dist/$MODE}
+PYTHON=${PYTHON:-$REPO/build/venv/bin/python}
+JOBS=${JOBS:-$(nproc)}
+cd "$REPO"
+
+machine=$(uname -m)
+stage=$REPO/build/stage-$machine
+rm -rf "$stage"
+mkdir -p "$stage" "$OUT"
+
+# wasmtime's library, found the way agent/core/wasm.py finds it
+wt=$("$PYTHON" - <<'PY'
+import importlib.machinery, os, sys
+spec = importlib.machinery.PathFinder.find_spec("wasmtime")
+if spec and spec.submodule_search_locations:
+    loc = list(spec.submodule_search_locations)[0]
+    lib = os.path.join(loc, "linux-%s" % os.uname().machine, "_libwasmtime.so")
+    if os.path.isfile(lib):
+        parent = os.path.dirname(loc)
+        info = [n for n in os.listdir(parent)
+                if n.startswith("wasmtime-") and n.endswith(".dist-info")]
+        print(lib, info[0] if info else "")
+PY
+)
+set --
+if [ -n "$wt" ]; then
+  lib=${wt% *}
+  info=${wt#* }
+  set -- "--include-data-files=$lib=wasmtime/linux-$machine/_libwasmtime.so"
+  if [ -n "$info" ]; then
+    mkdir -p "$stage/$info"
+    echo "Name: wasmtime" > "$stage/$info/METADATA"
+    set -- "$@" "--include-data-files=$stage/$info/METADATA=$info/METADATA"
+  fi
+  # precompile the core for this wasmtime and CPU; wasm.py falls back to
+  # compiling (and caching in the user's cache dir) if the CPU differs
+  if MYCELIUM_CACHE_DIR="$stage/cwasm" MYCELIUM_CORE=wasm PYTHONPATH="$REPO" "$PYTHON" -c \
+      "from agent.core.wasm import WasmEngine; WasmEngine().close()" 2>/dev/null; then
+    for f in "$stage"/cwasm/*.cwasm; do
+      [ -f "$f" ] && set -- "$@" "--include-data-files=$f=agent/core/$(basename "$f")"
+    done
+  fi
+  echo "wasm core: wasmtime library $lib" >&2
+else
+  echo "wasm core: no wasmtime library for $machine; the binary runs the reference engine" >&2
+  set -- "--nofollow-import-to=wasmtime"
+fi
+
+case $MODE in
+  standalone) set -- "$@" --mode=standalone ;;
+  onefile) set -- "$@" --mode=onefile ;;
+  onefile-cached)
+    ver=$(git -C "$REPO" describe --always --dirty 2>/dev/null || echo dev)
+    ver=$ver-$(cat agent/core/crdt_core.wasm packaging/requirements-runtime.txt | sha256sum | cut -c1-8)
+    set -- "$@" --mode=onefile --onefile-cache-mode=cached \
+      "--onefile-tempdir-spec={CACHE_DIR}/mycelium/bin-$ver" ;;
+  *) echo "MODE must be standalone, onefile or onefile-cached" >&2; exit 2 ;;
+esac
+
+# static imports only (DESIGN.md), so following them finds everything; what
+# the agent never imports stays out
+t0=$(date +%s)
+PYTHONPATH="$REPO" "$PYTHON" -m nuitka "$@" \
+  --output-dir="$REPO/build/nuitka-$MODE-$machine" --output-filename=mycelium \
+  --lto=no --jobs="$JOBS" --assume-yes-for-downloads --quiet \
+  --python-flag=no_site --python-flag=static_hashes --python-flag=safe_path \
+  --include-package=agent \
+  --include-data-files="$REPO/agent/core/crdt_core.wasm=agent/core/crdt_core.wasm" \
+  --nofollow-import-to=pytest,hypothesis,_pytest,unittest,doctest,pydoc,tkinter,setuptools,distutils,pip,wasmtime,bench,tests \
+  --noinclude-setuptools-mode=nofollow --noinclude-pytest-mode=nofollow \
+  --noinclude-unittest-mode=nofollow --noinclude-pydoc-mode=nofollow \
+  packaging/mycelium_main.py
+t1=$(date +%s)
+
+b=$REPO/build/nuitka-$MODE-$machine
+rm -rf "$OUT/mycelium" "$OUT/mycelium.dist"
+if [ "$MODE" = standalone ]; then
+  cp -a "$b/mycelium_main.dist" "$OUT/mycelium.dist"
+  ln -sf mycelium.dist/mycelium "$OUT/mycelium"
+else
+  cp "$b/mycelium" "$OUT/mycelium"
+fi
+size=$(du -sb "$OUT/mycelium" "$OUT/mycelium.dist" 2>/dev/null | awk '{s+=$1} END {print s}')
+[ "$MODE" = standalone ] && size=$(du -sb "$OUT/mycelium.dist" | cut -f1)
+echo "built $OUT/mycelium ($MODE, $machine) in $((t1 - t0)) s, $size bytes" >&2
