@@ -303,6 +303,8 @@ class WasmEngine:
                        for n in ("apply", "merge", "heap_base", "result")}
         self._args = (a.ValRaw * 2)()
         self._trap = ct.c_void_p()
+        self._size = a.memory_data_size(ctx, self._mem_ref)
+        self._data = a.memory_data(ctx, self._mem_ref)
         self._base = self._raw("heap_base")
         self._result = self._raw("result")
 
@@ -351,24 +353,29 @@ class WasmEngine:
         if base + n + _PAGE > 0xFFFF0000:
             raise CoreError("batch too large for the wasm core: %d bytes" % n)
         ctx, mem = self._ctx, self._mem_ref
-        size = a.memory_data_size(ctx, mem)
-        if base + n > size:
-            prev = ct.c_uint64()
-            err = a.memory_grow(ctx, mem, (base + n - size + _PAGE - 1) // _PAGE,
-                                ct.byref(prev))
-            if err:
-                msg = _message(a, err, a.error_message, a.error_delete)
-                raise CoreError("cannot grow wasm memory: %s" % msg)
-        ct.memmove(a.memory_data(ctx, mem) + base, batch, n)
+        if base + n > self._size:
+            size = a.memory_data_size(ctx, mem)
+            if base + n > size:
+                prev = ct.c_uint64()
+                err = a.memory_grow(ctx, mem, (base + n - size + _PAGE - 1) // _PAGE,
+                                    ct.byref(prev))
+                if err:
+                    msg = _message(a, err, a.error_message, a.error_delete)
+                    raise CoreError("cannot grow wasm memory: %s" % msg)
+            self._size = a.memory_data_size(ctx, mem)
+            self._data = a.memory_data(ctx, mem)
+        ct.memmove(self._data + base, batch, n)
         status = self._raw(fname, base, n)
-        data = a.memory_data(ctx, mem)
-        rp = data + self._result
-        res = ct.string_at(rp, 8)
+        # the core may have grown memory (which may move it): look again
+        data = self._data = a.memory_data(ctx, mem)
+        res = ct.string_at(data + self._result, 8)
         ptr = int.from_bytes(res[:4], "little")
         ln = int.from_bytes(res[4:], "little")
         out = ct.string_at(data + ptr, ln)
-        if a.memory_data_size(ctx, mem) > _RECYCLE_BYTES:
-            self._drop_store()
+        if ptr + ln > self._size:
+            self._size = a.memory_data_size(ctx, mem)
+            if self._size > _RECYCLE_BYTES:
+                self._drop_store()
         if status == ST_OK:
             return out
         msg = out.decode("ascii", "replace")

@@ -122,3 +122,27 @@ def test_cwasm_cache_corrupt_entry_is_rebuilt(tmp_path, monkeypatch):
         assert e.merge(batch) == reference.merge(batch)
     with pytest.raises(Exception):
         e.merge(batch)  # closed
+
+
+def test_no_library_means_importerror_and_reference_fallback(monkeypatch):
+    import sys
+    from importlib.machinery import PathFinder
+    real = PathFinder.find_spec
+
+    def hide(name, *a, **k):
+        return None if name == "wasmtime" else real(name, *a, **k)
+
+    monkeypatch.setattr(PathFinder, "find_spec", staticmethod(hide))
+    saved = sys.modules.pop("agent.core.wasm", None)
+    try:
+        with pytest.raises(ImportError):
+            import agent.core.wasm  # noqa: F401
+        from agent.core import load_engine
+        monkeypatch.delenv("MYCELIUM_CORE", raising=False)
+        assert load_engine().name == "reference"
+    finally:
+        sys.modules.pop("agent.core.wasm", None)
+        if saved is not None:
+            sys.modules["agent.core.wasm"] = saved
+            import agent.core
+            agent.core.wasm = saved
