@@ -79,10 +79,26 @@ in_root() {
     mount -t tmpfs tmpfs "$R/tmp"
     mount --bind "$C/pip-$A" "$R/root/.cache/pip"
     mount --bind "$C/ccache-$A" "$R/root/.cache/ccache"
+    if [ -n "${XCC_TRIPLET:-}" ]; then
+      # the host'"'"'s x86_64 cross compiler, run natively inside the root: its
+      # loader, libraries and files bind-mounted where it looks for them
+      for d in /usr/lib/x86_64-linux-gnu /usr/lib64 /usr/lib/gcc-cross \
+               "/usr/$XCC_TRIPLET" "/usr/libexec/gcc-cross"; do
+        [ -d "$d" ] || continue
+        mkdir -p "$R$d"; mount --bind -o ro "$d" "$R$d"
+      done
+      mkdir -p "$R/opt/xcc"
+      for f in /usr/bin/"$XCC_TRIPLET"-* /usr/bin/ccache; do
+        t=$R/usr/bin/$(basename "$f")
+        [ "$f" = /usr/bin/ccache ] && t=$R/opt/xcc/ccache
+        [ -e "$t" ] || : > "$t"
+        mount --bind -o ro "$(readlink -f "$f")" "$t"
+      done
+    fi
     exec chroot "$R" /usr/bin/env -i HOME=/root LANG=C.UTF-8 \
       PATH=/opt/venv/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin \
       PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=180 \
-      CCACHE_DIR=/root/.cache/ccache "$@"
+      CCACHE_DIR=/root/.cache/ccache ${XCC_ENV:-} "$@"
   ' in_root "$ROOT" "$CROSS_CACHE" "$ARCH" "$@"
 }
 
