@@ -77,6 +77,11 @@ static NOINLINE void *xalloc(u32 n) {
         usize need = (usize)(p - (u8 *)0) + n;
         if (need > have) {
             usize pages = (need - have + 65535ul) >> 16;
+            usize more = (have >> 17) > 16 ? (have >> 17) : 16; /* grow by >= 1/2 */
+            if (pages < more)
+                pages = more;
+            if (((have >> 16) + pages) > 65536ul)
+                pages = (need - have + 65535ul) >> 16;
             if (__builtin_wasm_memory_grow(0, pages) == (usize)-1)
                 __builtin_trap(); /* out of memory: the host sees a trap */
             have += pages << 16;
@@ -467,89 +472,86 @@ static Node *field_for(Rec *r, u64 fid, u8 kind) {
 
 /* ------------------------------------------------------------ sorting */
 
-typedef int (*Cmp)(const Node *, const Node *);
+/* Sort keys: (k1, k2), then the node's value bytes when by_val. k1 of a set
+ * element is its first 8 value bytes big-endian, zero-padded, so most
+ * comparisons stay in this array. */
+typedef struct {
+    u64 k1, k2;
+    Node *n;
+} SK;
 
-static void sift(Node **a, u32 i, u32 n, Cmp c) {
-    for (;;) {
-        u32 l = 2 * i + 1, m = i;
-        if (l < n && c(a[l], a[m]) > 0)
-            m = l;
-        if (l + 1 < n && c(a[l + 1], a[m]) > 0)
-            m = l + 1;
-        if (m == i)
-            return;
-        Node *t = a[i];
-        a[i] = a[m];
-        a[m] = t;
-        i = m;
-    }
+static int g_byval;
+
+static int sk_lt(const SK *x, const SK *y) {
+    if (x->k1 != y->k1)
+        return x->k1 < y->k1;
+    if (x->k2 != y->k2)
+        return x->k2 < y->k2;
+    return g_byval && cmp_val(x->n->v, y->n->v) < 0;
 }
 
-static void sort_nodes(Node **a, u32 n, Cmp c) {
+/* bottom-up merge sort; returns the sorted array (a or the scratch one) */
+static NOINLINE SK *sort_sk(SK *a, u32 n, int byval) {
+    g_byval = byval;
     if (n < 2)
-        return;
-    for (u32 i = n / 2; i-- > 0;)
-        sift(a, i, n, c);
-    for (u32 k = n - 1; k > 0; k--) {
-        Node *t = a[0];
-        a[0] = a[k];
-        a[k] = t;
-        sift(a, 0, k, c);
+        return a;
+    SK *b = xalloc(n * sizeof(SK));
+    /* runs of 4 by insertion sort */
+    for (u32 i = 0; i < n; i += 4) {
+        u32 e = i + 4 < n ? i + 4 : n;
+        for (u32 j = i + 1; j < e; j++) {
+            SK t = a[j];
+            u32 k = j;
+            while (k > i && sk_lt(&t, &a[k - 1])) {
+                a[k] = a[k - 1];
+                k--;
+            }
+            a[k] = t;
+        }
     }
-}
-
-static void sift64(u64 *a, u32 i, u32 n) {
-    for (;;) {
-        u32 l = 2 * i + 1, m = i;
-        if (l < n && a[l] > a[m])
-            m = l;
-        if (l + 1 < n && a[l + 1] > a[m])
-            m = l + 1;
-        if (m == i)
-            return;
-        u64 t = a[i];
-        a[i] = a[m];
-        a[m] = t;
-        i = m;
+    for (u32 w = 4; w < n; w *= 2) {
+        for (u32 i = 0; i < n; i += 2 * w) {
+            u32 m = i + w < n ? i + w : n, e = i + 2 * w < n ? i + 2 * w : n;
+            u32 p = i, q = m, o = i;
+            while (p < m && q < e)
+                b[o++] = sk_lt(&a[q], &a[p]) ? a[q++] : a[p++];
+            while (p < m)
+                b[o++] = a[p++];
+            while (q < e)
+                b[o++] = a[q++];
+        }
+        SK *t = a;
+        a = b;
+        b = t;
     }
+    return a;
 }
 
-static void sort64(u64 *a, u32 n) {
-    if (n < 2)
-        return;
-    for (u32 i = n / 2; i-- > 0;)
-        sift64(a, i, n);
-    for (u32 k = n - 1; k > 0; k--) {
-        u64 t = a[0];
-        a[0] = a[k];
-        a[k] = t;
-        sift64(a, 0, k);
-    }
+static u64 val_key(Val v) {
+    u64 k = 0;
+    for (u32 i = 0; i < 8; i++)
+        k = (k << 8) | (i < v.n ? v.p[i] : 0);
+    return k;
 }
 
-static int cmp_a(const Node *p, const Node *q) {
-    if (p->a != q->a)
-        return p->a < q->a ? -1 : 1;
-    if (p->b != q->b)
-        return p->b < q->b ? -1 : 1;
-    return 0;
-}
-
-#ifndef NO_SET
-static int cmp_v(const Node *p, const Node *q) { return cmp_val(p->v, q->v); }
-#endif
-
-/* live children of n, sorted */
-static Node **live_sorted(Node *n, u32 *cnt, Cmp c) {
+/* live children of n, sorted by (a, b) or by value bytes */
+static Node **live_sorted(Node *n, u32 *cnt, int byval) {
     u32 k = 0;
     for (Node *e = n->kids; e; e = e->next)
         k += !e->removed;
-    Node **a = xalloc(k * sizeof(Node *) + 8);
+    SK *s = xalloc(k * sizeof(SK) + 8);
     k = 0;
     for (Node *e = n->kids; e; e = e->next)
-        if (!e->removed)
-            a[k++] = e;
-    sort_nodes(a, k, c);
+        if (!e->removed) {
+            s[k].k1 = byval ? val_key(e->v) : e->a;
+            s[k].k2 = byval ? 0 : e->b;
+            s[k].n = e;
+            k++;
+        }
+    s = sort_sk(s, k, byval);
+    Node **a = (Node **)s; /* compact in place: 4-byte pointers over 24-byte keys */
+    for (u32 i = 0; i < k; i++)
+        a[i] = s[i].n;
     *cnt = k;
     return a;
 }
@@ -727,7 +729,7 @@ static u64 ref_of(u64 s) {
 
 static void encode_blob(Rec *r, Buf *out) {
     u32 nf;
-    Node **fs = live_sorted(r->node, &nf, cmp_a);
+    Node **fs = live_sorted(r->node, &nf, 0);
     if (!nf && !r->dead) {
         put_byte(out, 0);
         return;
@@ -759,11 +761,21 @@ static void encode_blob(Rec *r, Buf *out) {
             }
         }
     }
-    sort64(st.p, st.n);
+    SK *sk = xalloc(st.n * sizeof(SK) + 8);
     u32 k = 0;
     for (u32 i = 0; i < st.n; i++)
-        if (st.p[i] && (k == 0 || st.p[k - 1] != st.p[i]))
-            st.p[k++] = st.p[i];
+        if (st.p[i]) {
+            sk[k].k1 = st.p[i];
+            sk[k].k2 = 0;
+            sk[k].n = 0;
+            k++;
+        }
+    sk = sort_sk(sk, k, 0);
+    u32 d = 0;
+    for (u32 i = 0; i < k; i++)
+        if (d == 0 || st.p[d - 1] != sk[i].k1)
+            st.p[d++] = sk[i].k1;
+    k = d;
     g_st = st.p;
     g_nstab = k;
 
@@ -795,11 +807,7 @@ static void encode_blob(Rec *r, Buf *out) {
             continue;
         }
         u32 n;
-#ifndef NO_SET
-        Node **es = live_sorted(f, &n, f->kind == SET ? cmp_v : cmp_a);
-#else
-        Node **es = live_sorted(f, &n, cmp_a);
-#endif
+        Node **es = live_sorted(f, &n, f->kind == SET);
         put_var(out, n);
         for (u32 j = 0; j < n; j++) {
             Node *e = es[j];
@@ -817,7 +825,7 @@ static void encode_blob(Rec *r, Buf *out) {
             } else {
                 put_bytes(out, e->v.p, e->v.n);
                 u32 m;
-                Node **gs = live_sorted(e, &m, cmp_a);
+                Node **gs = live_sorted(e, &m, 0);
                 put_var(out, m);
                 for (u32 q = 0; q < m; q++) {
                     put_var(out, gs[q]->a);
@@ -1086,7 +1094,7 @@ static Pair *rd_ctx(Rd *r, u32 *n) {
 /* entries with w > c (mv) or add > rem (set), sorted by actor */
 static Pair *visible(Node *n, u32 *cnt) {
     u32 k;
-    Node **a = live_sorted(n, &k, cmp_a);
+    Node **a = live_sorted(n, &k, 0);
     Pair *ctx = xalloc(k * sizeof(Pair) + 8);
     u32 m = 0;
     for (u32 i = 0; i < k; i++)
