@@ -594,7 +594,10 @@ class Session:
         bf, p = decode_bloom(m, p)
         if p != len(m):
             raise ProtocolError("HAVE has trailing bytes")
-        self._learn_vv(vv, None)
+        # With nothing in flight every batch was acknowledged before this
+        # HAVE was written, so a vector below what we sent means a change was
+        # skipped wrongly (a Bloom false positive): rewind and resend.
+        self._learn_vv(vv, dict(self.sent_vv) if not self.in_flight else None)
         if bf is not None:
             self.peer_bloom = bf
 
