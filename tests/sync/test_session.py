@@ -1,0 +1,165 @@
+"""The sans-I/O session, two or three nodes in one process, byte queues between."""
+import time
+
+from agent.sync.session import Session, CHANGES
+from agent.sync.frame import FrameReader, ProtocolError
+from agent.sync.errors import PeerRefused
+from agent.errors import ClockSkewError
+from agent.values import Inc, Add
+
+from .helpers import make_node, pair, run, state
+
+
+def test_two_nodes_converge_both_ways(tmp_path):
+    a, b = make_node(tmp_path / "a"), make_node(tmp_path / "b")
+    for i in range(500):
+        a.put("k%d" % i, {"v": i, "n": Inc(1)})
+    for i in range(0, 500, 7):
+        b.put("k%d" % i, {"n": Inc(2), "tags": Add("b")})
+    sa, sb = pair(a, b, batch_bytes=8000)
+    evs = run(sa, sb)
+    assert sa.caught_up and sb.caught_up and not sa.closed
+    assert a.vv == b.vv and state(a) == state(b)
+    assert sa.stats["sent_batches"] > 3          # really batched
+    assert sum(e.new for e in evs if e.kind == "received") == 500 + 72
+    a.close(), b.close()
+
+
+def test_three_nodes_relay_through_the_middle(tmp_path):
+    a, b, c = (make_node(tmp_path / n) for n in "abc")
+    for n, node in zip("abc", (a, b, c)):
+        for i in range(50):
+            node.put("shared%d" % i, {"n": Inc(1), n: i})
+    s1 = pair(a, b)
+    run(*s1)
+    s2 = pair(b, c)
+    run(*s2)
+    s3 = pair(a, b)
+    run(*s3)
+    assert a.vv == b.vv == c.vv
+    assert state(a) == state(b) == state(c)
+    assert state(a)["shared7"]["n"] == 3
+    for n in (a, b, c):
+        n.close()
+
+
+def test_second_session_sends_nothing_already_held(tmp_path):
+    a, b = make_node(tmp_path / "a"), make_node(tmp_path / "b")
+    for i in range(100):
+        a.put("k%d" % i, {"v": i})
+    run(*pair(a, b))
+    sa, sb = pair(a, b)
+    run(sa, sb)
+    assert sa.stats["sent_changes"] == 0 and sb.stats["sent_changes"] == 0
+    assert sa.caught_up and sb.caught_up
+
+
+def _capture_changes(sa, sb):
+    """Run a pair, recording every CHANGES frame sa sent."""
+    frames = []
+    for _ in range(1000):
+        for s, o in ((sa, sb), (sb, sa)):
+            s.pump()
+            data = s.data_to_send()
+            if s is sa and data:
+                r = FrameReader()
+                r.feed(data)
+                pos = 0
+                import struct
+                while pos < len(data):
+                    n = struct.unpack_from("<I", data, pos)[0]
+                    payload = r.next()
+                    if payload[0] == CHANGES:
+                        frames.append(data[pos:pos + 4 + n])
+                    pos += 4 + n
+            if data:
+                o.receive(data)
+        if sa.caught_up and sb.caught_up:
+            return frames
+    raise AssertionError("did not finish")
+
+
+def test_replayed_frames_change_nothing(tmp_path):
+    a, b = make_node(tmp_path / "a"), make_node(tmp_path / "b")
+    for i in range(200):
+        a.put("k%d" % i, {"n": Inc(1)})
+    sa, sb = pair(a, b, batch_bytes=4000)
+    frames = _capture_changes(sa, sb)
+    assert len(frames) > 1
+    before, vv, log = state(b), dict(b.vv), b.log.size()
+    # replayed inside the same session: refused as out of order
+    sb.receive(frames[0])
+    assert sb.closed and isinstance(sb.error, ProtocolError)
+    # replayed into a fresh session: every change is a duplicate
+    s2 = Session(b, "dev-b", "dev-a")
+    s2.start()
+    sa2 = Session(a, "dev-a", "dev-b")
+    sa2.start()
+    s2.receive(sa2.data_to_send())          # a genuine HELLO, then the old frames
+    for f in frames:
+        s2.receive(f)
+    assert not s2.closed
+    assert s2.stats["new"] == 0 and s2.stats["dup"] == 200
+    assert state(b) == before and b.vv == vv and b.log.size() == log
+
+
+def test_change_stamped_beyond_the_clock_bound_is_refused_and_reported(tmp_path):
+    a, b = make_node(tmp_path / "a"), make_node(tmp_path / "b")
+    a.put("ok", {"v": 1})
+    real = a.clock._wall
+    a.clock._wall = lambda: real() + 3600_000       # A's clock runs an hour ahead
+    a.put("future", {"v": 2})
+    sa, sb = pair(a, b)
+    evs = run(sa, sb)
+    assert sb.closed and isinstance(sb.error, ClockSkewError)
+    assert sa.closed and isinstance(sa.error, PeerRefused)
+    assert "ClockSkewError" in str(sa.error)
+    closed = [e for e in evs if e.kind == "closed"]
+    assert {type(e.error) for e in closed} == {ClockSkewError, PeerRefused}
+    assert b.get("future") is None and b.get("ok") is None     # the batch is refused whole
+    assert b.vv == {b.actor: 0} or b.vv.get(a.actor, 0) == 0
+
+
+def test_bloom_false_positives_never_lose_a_change(tmp_path):
+    """A peer filter that claims every hash (all bits set) makes the sender
+    skip whatever it may; the peer's vector still brings every change over."""
+    from pybloom_live import BloomFilter
+    from agent.sync import session as S
+
+    class Lying(S.Recent):
+        def bloom(self):
+            bf = BloomFilter(S.BLOOM_CAPACITY, S.BLOOM_ERROR)
+            bf.bitarray.setall(True)
+            return bf
+
+    a, b = make_node(tmp_path / "a"), make_node(tmp_path / "b")
+    for i in range(300):
+        a.put("k%d" % (i % 40), {"n": Inc(1)})
+    sa = Session(a, "dev-a", "dev-b", batch_bytes=3000)
+    sb = Session(b, "dev-b", "dev-a", recent=Lying())
+    sa.start()
+    sb.start()
+    run(sa, sb)
+    assert sa.stats["skipped"] > 0 and sa.stats["rewinds"] > 0
+    assert sa.caught_up and sb.caught_up
+    assert b.vv == a.vv and state(a) == state(b)
+
+
+def test_a_change_after_a_gap_is_dropped_not_merged(tmp_path):
+    a, b = make_node(tmp_path / "a"), make_node(tmp_path / "b")
+    for i in range(3):
+        a.put("k%d" % i, {"v": i})
+    raws = list(a.changes_since({}))
+    sa, sb = pair(a, b)
+    sa.receive(sb.data_to_send())
+    sb.receive(sa.data_to_send())
+    from agent.sync.frame import encode_frame
+    from agent.codec import put_varint
+    out = bytearray((CHANGES,))
+    put_varint(out, 1)
+    put_varint(out, 1)
+    body = raws[2][:-16]
+    put_varint(out, len(body))
+    out += body
+    sb.receive(encode_frame(out))
+    assert not sb.closed and sb.stats["gap"] == 1 and b.get("k2") is None
