@@ -254,6 +254,8 @@ def _lww(r, fid, h, a, v, ids):
     if f is None or h <= r.dead:
         return
     cur = f[1]
+    if cur is not None and cur[1] >= len(ids):
+        raise MalformedChange("blob names an actor outside the actor table")
     if cur is None or (h, ids[a], v) > (cur[0], ids[cur[1]], cur[2]):
         f[1] = [h, a, v]
 

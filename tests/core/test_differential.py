@@ -38,17 +38,13 @@ def eng():
 
 
 def outcome(fn, batch):
-    """('ok', bytes) or ('err', class name). reference's IndexError on an LWW
-    blob entry whose actor index is outside the actor table is a known
-    reference bug (reported); the wasm core says MalformedChange there."""
+    """('ok', bytes) or ('err', class name)."""
     try:
         return ("ok", fn(batch))
     except MalformedChange:
         return ("err", "MalformedChange")
     except CoreError:
         return ("err", "CoreError")
-    except IndexError:
-        return ("err", "MalformedChange")
 
 
 def same(eng, kind, batch):
@@ -324,15 +320,15 @@ def test_trap_replaces_instance(eng):
     assert eng.merge(good) == reference.merge(good)
 
 
-def test_reference_indexerror_on_blob_actor(eng):
-    """reference.py bug: an LWW blob entry naming an actor index outside the
-    batch's actor table makes _lww raise IndexError; the core says
-    MalformedChange."""
+def test_blob_actor_outside_the_table_is_malformed_in_both(eng):
+    """An LWW blob entry naming an actor index outside the batch's actor
+    table is refused as MalformedChange by both engines (the reference once
+    raised a bare IndexError here)."""
     blob = bytes([1, 1]) + struct.pack("<Q", 3) + bytes([0, 1, 0, 1, 1, 9, 0])
     o = bytearray()
     ops.lww(o, 0, 0, 7, 0, "x")
     b = _batch(blobs=[blob], ops_bytes=bytes(o), nops=1)
-    with pytest.raises(IndexError):
+    with pytest.raises(MalformedChange):
         reference.merge(b)
     with pytest.raises(MalformedChange):
         eng.merge(b)
