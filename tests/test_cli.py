@@ -96,3 +96,17 @@ def test_demo_runs_and_devices_agree(tmp_path):
                        timeout=120)
     assert p.returncode == 0, p.stderr
     assert "agree on all 3 records: yes" in p.stdout
+
+
+def test_get_and_scan_never_load_the_wasm_engine(d):
+    run(d, "put", "k", "v=1", "n+=1", check=0)
+    code = ("import sys, io, contextlib; from agent.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    assert main(['--data-dir', %r, 'get', 'k']) == 0\n"
+            "    assert main(['--data-dir', %r, 'scan', '']) == 0\n"
+            "loaded = [m for m in sys.modules if 'wasm' in m]\n"
+            "print(','.join(loaded))\n" % (d, d))
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=ROOT), timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == ""
