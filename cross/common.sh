@@ -71,6 +71,9 @@ in_root() {
   mkdir -p "$CROSS_CACHE/pip-$ARCH" "$CROSS_CACHE/ccache-$ARCH" "$ROOT/root/.cache/pip" \
            "$ROOT/root/.cache/ccache"
   cp -L /etc/resolv.conf "$ROOT/etc/resolv.conf" 2>/dev/null || true
+  # the host's CA bundle (it may hold a proxy's CA that the root's lacks), for pip
+  cp -L "${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}" "$ROOT/etc/ssl/host-ca.crt" \
+    2>/dev/null || true
   unshare --mount --propagation private -- sh -eu -c '
     R=$1; C=$2; A=$3; shift 3
     mount -t proc proc "$R/proc"
@@ -98,6 +101,10 @@ in_root() {
     exec chroot "$R" /usr/bin/env -i HOME=/root LANG=C.UTF-8 \
       PATH=/opt/venv/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin \
       PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=180 \
+      PIP_CERT=/etc/ssl/host-ca.crt SSL_CERT_FILE=/etc/ssl/host-ca.crt \
+      ${PIP_INDEX_URL:+PIP_INDEX_URL=$PIP_INDEX_URL} \
+      ${HTTPS_PROXY:+HTTPS_PROXY=$HTTPS_PROXY} ${https_proxy:+https_proxy=$https_proxy} \
+      ${HTTP_PROXY:+HTTP_PROXY=$HTTP_PROXY} ${http_proxy:+http_proxy=$http_proxy} \
       CCACHE_DIR=/root/.cache/ccache ${XCC_ENV:-} "$@"
   ' in_root "$ROOT" "$CROSS_CACHE" "$ARCH" "$@"
 }
@@ -120,17 +127,22 @@ ensure_root() {
   fi
   mkdir -p "$CROSS_CACHE"
   t0=$(date +%s)
-  rm -rf "$ROOT.new"
-  pkgs=$(grep -v '^#' "$REPO/cross/root-packages.txt" | awk -v a="$ARCH" \
-         '$1 == "all" || $1 == a { print $2 }' | paste -sd, -)
-  log "mmdebstrap $SUITE $ARCH ($pkgs)"
-  mmdebstrap --quiet --arch="$ARCH" --variant=apt --include="$pkgs" \
-    --aptopt='APT::Install-Recommends "false"' \
-    "$SUITE" "$ROOT.new" "$MIRROR" >&2
+  base=$(sha256sum < "$REPO/cross/root-packages.txt" | cut -c1-16)
+  if [ ! -f "$ROOT/.mycelium-base" ] || [ "$(cat "$ROOT/.mycelium-base")" != "$base" ]; then
+    rm -rf "$ROOT.new"
+    pkgs=$(grep -v '^#' "$REPO/cross/root-packages.txt" | awk -v a="$ARCH" \
+           '$1 == "all" || $1 == a { print $2 }' | paste -sd, -)
+    log "mmdebstrap $SUITE $ARCH ($pkgs)"
+    mmdebstrap --quiet --arch="$ARCH" --variant=apt --include="$pkgs" \
+      --aptopt='APT::Install-Recommends "false"' \
+      "$SUITE" "$ROOT.new" "$MIRROR" >&2
+    echo "$base" > "$ROOT.new/.mycelium-base"
+    rm -rf "$ROOT"
+    mv "$ROOT.new" "$ROOT"
+  fi
   t1=$(date +%s)
   log "root made in $((t1 - t0)) s; making /opt/venv"
-  rm -rf "$ROOT"
-  mv "$ROOT.new" "$ROOT"
+  rm -rf "$ROOT/opt/venv"
   mkdir -p "$ROOT/opt/req"
   cp "$REPO/packaging/requirements-runtime.txt" "$REPO/packaging/requirements-test.txt" \
      "$ROOT/opt/req/"
