@@ -59,7 +59,7 @@ def frames():
         ("unknown message type", F.encode_frame(b"\x63abc"), F.ProtocolError, False),
         ("empty message", wrap(zstandard.ZstdCompressor().compress(b"")), F.ProtocolError, False),
         ("truncated message", F.encode_frame(b"\x02\x01\x05\x80"), F.ProtocolError, False),
-        ("garbage", os.urandom(64) + b"\xff\xff\xff\xff", F.MalformedFrame, False),
+        ("garbage", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + os.urandom(64), F.MalformedFrame, False),
     ]
 
 

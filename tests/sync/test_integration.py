@@ -111,3 +111,56 @@ def test_unknown_certificate_is_refused(tmp_path):
         assert node.get("secret") is None
     with Node(b) as node:
         assert node.get("secret") is None
+
+
+def test_malformed_frames_from_a_known_peer_leave_the_daemon_serving(tmp_path):
+    """A known (pinned) but hostile peer sends every malformed frame class;
+    each closes only its own connection, and an honest peer keeps syncing."""
+    import asyncio
+    import types
+    from agent.sync.session import Session
+    from agent.sync.transport import client_context, connect
+    from .test_frames import CASES
+
+    a, b, e = (str(tmp_path / n) for n in "abe")
+    ida, idb, ide = init(a), init(b), init(e)
+    srv = Serve(a)
+    try:
+        cmd(a, "peer", "add", idb, "127.0.0.1:9")
+        cmd(a, "peer", "add", ide, "127.0.0.1:9")
+        cmd(b, "peer", "add", ida, srv.addr)
+        host, port = srv.addr.rsplit(":", 1)
+        fake = types.SimpleNamespace(actor=0x1234567, vv={})
+
+        async def attack(data, close_after):
+            reader, writer = await connect(host, int(port), client_context(e), ida)
+            s = Session(fake, ide, ida)
+            s.start()
+            writer.write(s.data_to_send() + data)
+            await writer.drain()
+            if close_after:
+                writer.write_eof() if writer.can_write_eof() else None
+            got = b""
+            while True:                   # a replies HELLO, maybe a BYE, then closes
+                chunk = await asyncio.wait_for(reader.read(65536), 10)
+                if not chunk:
+                    break
+                got += chunk
+            writer.close()
+            return got
+
+        for name, data, err, close_after in CASES:
+            if close_after:
+                continue                  # a truncated frame then EOF: covered below
+            try:
+                asyncio.run(attack(data, False))
+            except TimeoutError:
+                raise AssertionError("%s: the daemon did not close the connection" % name)
+            cmd(b, "sync", ida)           # the honest peer still syncs
+    finally:
+        srv.stop()
+    log = srv.log()
+    for cls in ("BadCompression", "FrameTooLarge", "MissingContentSize", "SizeMismatch",
+                "WindowTooLarge", "BadFrameVersion", "ProtocolError"):
+        assert cls in log, (cls, log)
+    assert "Traceback" not in log
