@@ -4,7 +4,7 @@ PYTHON ?= python3
 DIST_MODE ?= onefile-cached
 BUILD_PY := build/venv/bin/python
 
-.PHONY: bench bench-quick dist dist-modes smoke bench-startup dist-arm64 dist-armhf \
+.PHONY: venv bench bench-quick dist dist-modes smoke bench-startup dist-arm64 dist-armhf \
 	qemu-test qemu-test-armhf qemu-budget ci-arm64 termux-check
 
 # Benchmarks (bench/README.md). Peers: pip install -r bench/requirements.txt
@@ -15,19 +15,16 @@ bench-quick:
 	$(PYTHON) -m bench.run --quick
 
 # ---- single binary (packaging/) ----
-$(BUILD_PY): packaging/requirements.txt packaging/requirements-runtime.txt
-	rm -rf build/venv
-	/usr/bin/python3 -m venv build/venv
-	build/venv/bin/pip install -q -r packaging/requirements.txt
-	touch $@
+venv:
+	sh packaging/venv.sh
 
 # dist/mycelium for this machine
-dist: $(BUILD_PY)
+dist: venv
 	PYTHON=$(BUILD_PY) sh packaging/build.sh $(DIST_MODE) dist/$(DIST_MODE)
 	ln -sfn $(DIST_MODE)/mycelium dist/mycelium
 
 # every packaging mode, for bench/startup.py to compare
-dist-modes: $(BUILD_PY)
+dist-modes: venv
 	for m in standalone onefile onefile-cached; do \
 	  PYTHON=$(BUILD_PY) sh packaging/build.sh $$m dist/$$m || exit 1; done
 
@@ -56,5 +53,6 @@ qemu-budget:
 ci-arm64:
 	sh qemu/ci-arm64.sh
 
-termux-check:
-	sh packaging/termux/build.sh --check
+termux-check: venv
+	shellcheck -x -S warning packaging/*.sh packaging/termux/*.sh cross/*.sh qemu/*.sh
+	PYTHON=$(BUILD_PY) sh packaging/termux/build.sh --check

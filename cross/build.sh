@@ -12,6 +12,7 @@
 # gcc under emulation (slow). ccache ($CROSS_CACHE/ccache-ARCH) and the root
 # are kept between builds. armhf has no wasmtime: its binary runs the
 # reference engine. Output: dist/ARCH/mycelium (+ mycelium.dist for standalone).
+# shellcheck source=cross/common.sh
 . "$(dirname "$0")/common.sh"
 MODE=${MODE:-onefile-cached}
 XCC=${XCC:-1}
@@ -23,7 +24,7 @@ if [ "$XCC" = 1 ]; then
     log "installing the host cross compiler gcc-$DEB_TRIPLET"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "gcc-$DEB_TRIPLET" ccache >/dev/null
   fi
-  export XCC_TRIPLET=$DEB_TRIPLET
+  export XCC_TRIPLET="$DEB_TRIPLET"
   export XCC_ENV="CC=/usr/bin/$DEB_TRIPLET-gcc NUITKA_CCACHE_BINARY=/opt/xcc/ccache"
 fi
 

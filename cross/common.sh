@@ -1,3 +1,4 @@
+# shellcheck shell=sh disable=SC2034
 # Shared helpers for cross/ and qemu/ (POSIX sh, sourced; needs root).
 #
 #   CROSS_CACHE   where roots, ccache and pip caches live between builds
@@ -41,6 +42,7 @@ host_tools() {
   if [ -n "$missing" ]; then
     log "installing host packages:$missing"
     apt-get update -qq
+    # shellcheck disable=SC2086 # a list of names
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
   fi
   enable_binfmt

@@ -77,6 +77,14 @@ case $MODE in
   *) echo "MODE must be standalone, onefile or onefile-cached" >&2; exit 2 ;;
 esac
 
+# wheels ship their extension modules with debug info (pyroaring 8.9 MB, 1.0
+# MB stripped); Nuitka copies them as they are, so strip them in place in the
+# build venv first (STRIP_DEPS=0 leaves the venv alone)
+if [ "${STRIP_DEPS:-1}" = 1 ]; then
+  site=$("$PYTHON" -c "import sysconfig; print(sysconfig.get_paths()['platlib'])")
+  find "$site" -name '*.so' ! -name '_libwasmtime.so' -exec strip --strip-debug {} + 2>/dev/null || true
+fi
+
 # static imports only (DESIGN.md), so following them finds everything; what
 # the agent never imports stays out
 t0=$(date +%s)
@@ -86,7 +94,7 @@ PYTHONPATH="$REPO" "$PYTHON" -m nuitka "$@" \
   --python-flag=no_site --python-flag=static_hashes --python-flag=safe_path \
   --include-package=agent \
   --include-data-files="$REPO/agent/core/crdt_core.wasm=agent/core/crdt_core.wasm" \
-  --nofollow-import-to=pytest,hypothesis,_pytest,unittest,doctest,pydoc,tkinter,setuptools,distutils,pip,wasmtime,bench,tests \
+  --nofollow-import-to=zstandard.backend_cffi,pytest,hypothesis,_pytest,unittest,doctest,pydoc,tkinter,setuptools,distutils,pip,wasmtime,bench,tests \
   --noinclude-setuptools-mode=nofollow --noinclude-pytest-mode=nofollow \
   --noinclude-unittest-mode=nofollow --noinclude-pydoc-mode=nofollow \
   packaging/mycelium_main.py

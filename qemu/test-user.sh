@@ -6,6 +6,7 @@
 #
 #   sudo [ARCH=arm64] [CORES="wasm reference"] [SUBSET=all] qemu/test-user.sh [PYTEST ARGS]
 # Exit status: non-zero if any run failed. Timings go to stderr.
+# shellcheck source=cross/common.sh
 . "$(dirname "$0")/../cross/common.sh"
 ensure_root
 if [ "$ARCH" = arm64 ]; then CORES=${CORES:-wasm reference}; else CORES=${CORES:-default reference}; fi
