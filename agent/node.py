@@ -295,9 +295,12 @@ class Node:
                     "again to fetch the missing ones" % (c.seq, c.actor, self.vv.get(c.actor, 0) + 1))
             self.clock.check(c.hlc)
         store = self.store
-        find = store.keys.find
-        kids = [find(k.encode("utf-8")) for k in c.keys]
-        blobs = [self._load(k, kid) if kid >= 0 else b"" for k, kid in zip(c.keys, kids)]
+        kbs = [k.encode("utf-8") for k in c.keys]
+        try:
+            kids, blobs = store.load_many(kbs)
+        except BlobCorrupt as e:
+            self.repair({e.kid})
+            kids, blobs = store.load_many(kbs)
         fmap = [store.field_id(f) for f in c.fields]
         amap = [store.actor_index(a) for a in c.actors]
         batch = build_batch(store.actor_table, fmap, amap, blobs, c.nops, c.ops)
@@ -305,10 +308,10 @@ class Node:
         if not replay:
             self.clock.check(max_h)
             self.log.append(c.raw)
-        names = store.field_names
-        for key, kid, old, b in zip(c.keys, kids, blobs, new):
+        save = store.save
+        for key, kid, old, b, kb in zip(c.keys, kids, blobs, new, kbs):
             if b != old:
-                store.save(key, b, is_visible(b), kid)
+                save(key, b, is_visible(b), kid, kb)
         try:
             self.clock.observe(max_h)
         except ClockSkewError:

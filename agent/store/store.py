@@ -268,6 +268,52 @@ class Store:
             raise BlobCorrupt(key if key is not None else self.keys.key(kid).decode(), kid)
         return blob
 
+    def load_many(self, kbs):
+        """(key ids, blobs) for a list of encoded keys: -1 and b"" where absent.
+        The merge path's lookup, with the index probe and the slot read inline.
+        Raises BlobCorrupt like load()."""
+        keys = self.keys
+        hm, tm, heap = keys.hash.mm, keys.tab.mm, keys.heap.mm
+        mask = keys.mask
+        u64 = _u64.unpack_from
+        arenas = self.arenas
+        kids = []
+        blobs = []
+        for kb in kbs:
+            h = _crc(kb)
+            i = h & mask
+            kid = -1
+            while True:
+                e = u64(hm, i << 3)[0]
+                if e == 0:
+                    break
+                if e >> 32 == h:
+                    k = (e & 0xFFFFFFFF) - 1
+                    off, ln, cls, _, slot = _entry_unpack(tm, 16 + k * 12)
+                    if ln == len(kb) and heap[off + 2:off + 2 + ln] == kb:
+                        kid = k
+                        break
+                i = (i + 1) & mask
+            kids.append(kid)
+            if kid < 0:
+                blobs.append(b"")
+                continue
+            if cls == NO_CLASS:
+                if kid in self.damaged:
+                    raise BlobCorrupt(kb.decode("utf-8", "replace"), kid)
+                blobs.append(b"")
+                continue
+            arena = arenas[cls]
+            so = slot * arena.size
+            mm = arena.file.mm
+            crc, skid, bl = _slot_unpack(mm, so)
+            bl &= 0x7FFF
+            blob = mm[so + 10:so + 10 + bl] if bl <= arena.size - 10 else None
+            if blob is None or skid != kid or crc != _crc(blob, _crc(_u32.pack(kid))):
+                raise BlobCorrupt(kb.decode("utf-8", "replace"), kid)
+            blobs.append(blob)
+        return kids, blobs
+
     def save(self, key: str, blob: bytes, visible: bool, kid: int = -1, kb=None) -> None:
         """Store blob as key's record (copy on write: a new slot, then the
         index, then the old slot is freed)."""
