@@ -4,6 +4,7 @@ write must be there after reopening, and every open must succeed.
 Cycles: 200 by default; set MYCELIUM_CRASH_CYCLES for more."""
 import os
 import random
+import select
 import signal
 import struct
 import time
@@ -41,10 +42,18 @@ def test_no_acked_write_is_lost_across_random_sigkills(tmp_path):
             os.close(r)
             _child(data_dir, len(acked) + cycle * 1000, w)
         os.close(w)
-        time.sleep(rnd.uniform(0, 0.03))
+        data = b""
+        if cycle % 2:
+            # odd cycles: wait for the first ack, then kill mid-stream
+            ready, _, _ = select.select([r], [], [], 10)
+            if ready:
+                data = os.read(r, 65536)
+            time.sleep(rnd.uniform(0, 0.01))
+        else:
+            # even cycles: kill at any moment, open and recovery included
+            time.sleep(rnd.uniform(0, 0.03))
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
-        data = b""
         while True:
             chunk = os.read(r, 65536)
             if not chunk:
@@ -69,4 +78,4 @@ def test_no_acked_write_is_lost_across_random_sigkills(tmp_path):
     print("crash cycles: %d, acked writes: %d, lost: %d, failed opens: %d"
           % (CYCLES, len(acked), len(lost), failed_opens))
     assert lost == [] and failed_opens == 0
-    assert len(acked) > CYCLES  # the child really was writing when killed
+    assert len(acked) >= CYCLES // 2  # the child really was writing when killed
