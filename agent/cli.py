@@ -7,6 +7,7 @@ import sys
 import time
 
 from .errors import AgentError, UsageError
+from .sync import commands as sync_commands
 
 EXIT_OK, EXIT_NOT_FOUND = 0, 1
 
@@ -100,15 +101,19 @@ def _open(args, create=False):
 
 def cmd_init(args):
     from .node import init_identity
+    from .sync.identity import ensure_identity
     existed = os.path.exists(os.path.join(args.data_dir, "identity.json"))
     ident = init_identity(args.data_dir)
+    device_id = ensure_identity(args.data_dir)
     with _open(args):
         pass
     if args.json:
-        print(json.dumps({"data_dir": args.data_dir, "actor": ident["actor"], "existed": existed}))
+        print(json.dumps({"data_dir": args.data_dir, "actor": ident["actor"],
+                          "device_id": device_id, "existed": existed}))
     else:
         print("%s data directory %s (actor %s)" % (
             "already initialised:" if existed else "initialised", args.data_dir, ident["actor"]))
+        print("device id %s  (give it to peers: mycelium peer add ID HOST:PORT)" % device_id)
     return EXIT_OK
 
 
@@ -277,13 +282,14 @@ def build_parser():
     s.add_argument("--count", type=int, default=0, help="stop after N changes")
     s.add_argument("--timeout", type=float, default=0, help="stop after SECONDS")
     s.set_defaults(fn=cmd_watch)
-    s = sub.add_parser("demo", help="run the demo: two devices write, sync and agree")
+    s = sub.add_parser("demo", help="run the demo: three devices write apart, sync over TLS and agree")
     s.add_argument("--demo-dir", default=None,
                    help="where the demo keeps its data (reset on each run; "
                         "default: $XDG_DATA_HOME/mycelium-demo)")
     s.set_defaults(fn=cmd_demo)
     s = sub.add_parser("stats", help="counts, sizes and the engine in use")
     s.set_defaults(fn=cmd_stats)
+    sync_commands.register(sub)
     return p
 
 
