@@ -1,7 +1,7 @@
 PYTHON ?= python3
-# packaging mode of `make dist`: standalone, onefile or onefile-cached
+# packaging mode of `make dist`: packed (default), standalone, onefile, onefile-cached
 # (packaging/build.sh; figures per mode in docs/OPERATIONS.md)
-DIST_MODE ?= onefile-cached
+DIST_MODE ?= packed
 BUILD_PY := build/venv/bin/python
 
 .PHONY: venv bench bench-quick dist dist-modes smoke bench-startup dist-arm64 dist-armhf \
@@ -25,7 +25,7 @@ dist: venv
 
 # every packaging mode, for bench/startup.py to compare
 dist-modes: venv
-	for m in standalone onefile onefile-cached; do \
+	for m in packed standalone onefile onefile-cached; do \
 	  PYTHON=$(BUILD_PY) sh packaging/build.sh $$m dist/$$m || exit 1; done
 
 smoke:

@@ -2,7 +2,7 @@
 # Build the `mycelium` binary for ARCH (arm64 default, or armhf) inside the
 # Debian bookworm root of cross/mkroot.sh, through qemu-user + binfmt.
 #
-#   sudo [ARCH=arm64] [MODE=onefile-cached] [XCC=1] cross/build.sh
+#   sudo [ARCH=arm64] [MODE=packed] [XCC=1] cross/build.sh
 #
 # Nuitka's Python phase runs emulated in the root. With XCC=1 (default) its C
 # phase runs at native speed: Debian's x86_64 -> ARCH cross compiler of the
@@ -14,7 +14,7 @@
 # reference engine. Output: dist/ARCH/mycelium (+ mycelium.dist for standalone).
 # shellcheck source=cross/common.sh
 . "$(dirname "$0")/common.sh"
-MODE=${MODE:-onefile-cached}
+MODE=${MODE:-packed}
 XCC=${XCC:-1}
 ensure_root
 t0=$(date +%s)

@@ -62,9 +62,9 @@ enable_binfmt() {
   }
 }
 
-root_stamp() {
-  cat "$REPO/cross/root-packages.txt" "$REPO/packaging/requirements-runtime.txt" \
-      "$REPO/packaging/requirements-test.txt" | sha256sum | cut -c1-16
+venv_stamp() {
+  cat "$REPO/packaging/requirements-runtime.txt" "$REPO/packaging/requirements-test.txt" |
+    sha256sum | cut -c1-16
 }
 
 # Run a command inside $ROOT with /proc, /dev, /sys and the caches mounted;
@@ -119,21 +119,29 @@ sync_src() {
      tar --null -T - --ignore-failed-read -cf - 2>/dev/null) | tar -xf - -C "$ROOT/src"
 }
 
+root_packages() {
+  grep -v '^#' "$REPO/cross/root-packages.txt" | awk -v a="$ARCH" \
+    '$1 == "all" || $1 == a { print $2 }'
+}
+
 # Build (or reuse) the root. Idempotent; prints nothing when reused.
+# cross/root-packages.txt changed: the new packages are installed into the
+# existing root (a fresh one only when there is none); packaging/requirements-
+# runtime.txt or -test.txt changed: /opt/venv is made again.
 ensure_root() {
   need_root
   host_tools
-  stamp=$(root_stamp)
-  if [ -f "$ROOT/.mycelium-root" ] && [ "$(cat "$ROOT/.mycelium-root")" = "$stamp" ]; then
+  base=$(sha256sum < "$REPO/cross/root-packages.txt" | cut -c1-16)
+  venv=$(venv_stamp)
+  if [ "$(cat "$ROOT/.mycelium-base" 2>/dev/null)" = "$base" ] &&
+     [ "$(cat "$ROOT/.mycelium-venv" 2>/dev/null)" = "$venv" ]; then
     return 0
   fi
   mkdir -p "$CROSS_CACHE"
   t0=$(date +%s)
-  base=$(sha256sum < "$REPO/cross/root-packages.txt" | cut -c1-16)
-  if [ ! -f "$ROOT/.mycelium-base" ] || [ "$(cat "$ROOT/.mycelium-base")" != "$base" ]; then
+  if [ ! -f "$ROOT/.mycelium-base" ]; then
     rm -rf "$ROOT.new"
-    pkgs=$(grep -v '^#' "$REPO/cross/root-packages.txt" | awk -v a="$ARCH" \
-           '$1 == "all" || $1 == a { print $2 }' | paste -sd, -)
+    pkgs=$(root_packages | paste -sd, -)
     log "mmdebstrap $SUITE $ARCH ($pkgs)"
     mmdebstrap --quiet --arch="$ARCH" --variant=apt --include="$pkgs" \
       --aptopt='APT::Install-Recommends "false"' \
@@ -141,18 +149,26 @@ ensure_root() {
     echo "$base" > "$ROOT.new/.mycelium-base"
     rm -rf "$ROOT"
     mv "$ROOT.new" "$ROOT"
+    log "root made in $(($(date +%s) - t0)) s"
+  elif [ "$(cat "$ROOT/.mycelium-base")" != "$base" ]; then
+    log "installing the root's new packages"
+    # shellcheck disable=SC2046 # a list of names
+    in_root sh -euc 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -qq --no-install-recommends "$@" >/dev/null' sh $(root_packages)
+    echo "$base" > "$ROOT/.mycelium-base"
   fi
-  t1=$(date +%s)
-  log "root made in $((t1 - t0)) s; making /opt/venv"
-  rm -rf "$ROOT/opt/venv"
-  mkdir -p "$ROOT/opt/req"
-  cp "$REPO/packaging/requirements-runtime.txt" "$REPO/packaging/requirements-test.txt" \
-     "$ROOT/opt/req/"
-  in_root sh -euc '
-    python3 -m venv /opt/venv
-    /opt/venv/bin/pip install -q -r /opt/req/requirements-runtime.txt \
-      -r /opt/req/requirements-test.txt'
-  t2=$(date +%s)
-  log "venv made in $((t2 - t1)) s"
-  echo "$stamp" > "$ROOT/.mycelium-root"
+  if [ "$(cat "$ROOT/.mycelium-venv" 2>/dev/null)" != "$venv" ]; then
+    t1=$(date +%s)
+    log "making /opt/venv"
+    rm -rf "$ROOT/opt/venv"
+    mkdir -p "$ROOT/opt/req"
+    cp "$REPO/packaging/requirements-runtime.txt" "$REPO/packaging/requirements-test.txt" \
+       "$ROOT/opt/req/"
+    in_root sh -euc '
+      python3 -m venv /opt/venv
+      /opt/venv/bin/pip install -q -r /opt/req/requirements-runtime.txt \
+        -r /opt/req/requirements-test.txt'
+    echo "$venv" > "$ROOT/.mycelium-venv"
+    log "venv made in $(($(date +%s) - t1)) s"
+  fi
 }

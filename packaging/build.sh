@@ -2,7 +2,11 @@
 # Build the `mycelium` binary with Nuitka.
 #
 #   packaging/build.sh [MODE] [OUT]
-#     MODE  standalone      a folder: OUT/mycelium.dist/mycelium (+ libs)
+#     MODE  packed          one file: packaging/launcher/launcher.c followed by the
+#                           zstd-compressed standalone folder; unpacked once per
+#                           build to ($XDG_CACHE_HOME or ~/.cache)/mycelium/bin-ID,
+#                           then every start is one stat + one exec (the default)
+#           standalone      a folder: OUT/mycelium.dist/mycelium (+ libs)
 #           onefile         one file, unpacked to a fresh temp dir each run
 #           onefile-cached  one file, unpacked once to a persistent cache dir
 #                           ($XDG_CACHE_HOME or ~/.cache)/mycelium/bin-VERSION)
@@ -17,7 +21,7 @@
 # Where wasmtime has no build (armhf), the binary runs the reference engine.
 set -eu
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-MODE=${1:-standalone}
+MODE=${1:-packed}
 OUT=${2:-$REPO/dist/$MODE}
 PYTHON=${PYTHON:-$REPO/build/venv/bin/python}
 JOBS=${JOBS:-$(nproc)}
@@ -67,14 +71,14 @@ else
 fi
 
 case $MODE in
-  standalone) set -- "$@" --mode=standalone ;;
+  standalone|packed) set -- "$@" --mode=standalone ;;
   onefile) set -- "$@" --mode=onefile ;;
   onefile-cached)
     ver=$(git -C "$REPO" describe --always --dirty 2>/dev/null || echo dev)
     ver=$ver-$(cat agent/core/crdt_core.wasm packaging/requirements-runtime.txt | sha256sum | cut -c1-8)
     set -- "$@" --mode=onefile --onefile-cache-mode=cached \
       "--onefile-tempdir-spec={CACHE_DIR}/mycelium/bin-$ver" ;;
-  *) echo "MODE must be standalone, onefile or onefile-cached" >&2; exit 2 ;;
+  *) echo "MODE must be packed, standalone, onefile or onefile-cached" >&2; exit 2 ;;
 esac
 
 # wheels ship their extension modules with debug info (pyroaring 8.9 MB, 1.0
@@ -101,6 +105,16 @@ PYTHONPATH="$REPO" "$PYTHON" -m nuitka "$@" \
 t1=$(date +%s)
 
 b=$REPO/build/nuitka-$MODE-$machine
+if [ "$MODE" = packed ]; then
+  # one file: packaging/launcher + the standalone folder, zstd-compressed;
+  # unpacked once per build id, then each start is one stat and one exec
+  ${CC:-gcc} -O2 -Wall -s -o "$b/launcher" "$REPO/packaging/launcher/launcher.c" \
+    -Wl,-Bstatic -lzstd -Wl,-Bdynamic
+  "$PYTHON" "$REPO/packaging/pack.py" "$b/launcher" "$b/mycelium_main.dist" "$OUT/mycelium"
+  t1=$(date +%s)
+  echo "built $OUT/mycelium (packed, $machine) in $((t1 - t0)) s, $(stat -c %s "$OUT/mycelium") bytes" >&2
+  exit 0
+fi
 rm -rf "$OUT/mycelium" "$OUT/mycelium.dist"
 if [ "$MODE" = standalone ]; then
   cp -a "$b/mycelium_main.dist" "$OUT/mycelium.dist"
