@@ -1124,102 +1124,18 @@ static void emit_ctx(Buf *o, Pair *ctx, u32 n) {
 
 static Buf g_out;
 
-static NOINLINE void run(const u8 *data, u32 len, int local) {
-    Rd rd = {data, data + len};
-    g_buflen = len;
-    g_maxh = 0;
-    if (len == 0 || data[0] != 1) {
-        BAD("batch version is not supported");
-        return;
-    }
-    rd.p++;
-    u64 n = rd_var(&rd);
-    if (ERR)
-        return;
-    if (n > left(&rd) / 8) {
-        BAD("actor table runs past the end");
-        return;
-    }
-    g_ids = rd.p;
-    g_nids = n;
-    rd.p += 8 * n;
-
-    n = rd_var(&rd);
-    if (ERR)
-        return;
-    if (n > left(&rd)) {
-        BAD("truncated varint");
-        return;
-    }
-    g_nf = n;
-    g_fmap = xalloc((u32)n * 8 + 8);
-    for (u32 i = 0; i < (u32)n && !ERR; i++)
-        g_fmap[i] = rd_var(&rd);
-
-    n = rd_var(&rd);
-    if (ERR)
-        return;
-    if (n > left(&rd)) {
-        BAD("truncated varint");
-        return;
-    }
-    g_amap.p = 0;
-    g_amap.n = g_amap.cap = 0;
-    for (u32 i = 0; i < (u32)n && !ERR; i++) {
-        u64 x = rd_var(&rd);
-        if (ERR)
-            return;
-        if (x >= g_nids) {
-            BAD("actor map points outside the actor table");
-            return;
-        }
-        vec_push(&g_amap, x);
-    }
-
-    n = rd_var(&rd);
-    if (ERR)
-        return;
-    if (n > left(&rd)) {
-        BAD("truncated varint");
-        return;
-    }
-    u32 nrecs = (u32)n;
-    tab_init(1024);
-    Rec *recs = xalloc(nrecs * sizeof(Rec) + 8);
-    for (u32 i = 0; i < nrecs && !ERR; i++) {
-        u64 ln = rd_var(&rd);
-        if (ERR)
-            return;
-        if (ln > left(&rd)) {
-            BAD("record blob runs past the end");
-            return;
-        }
-        recs[i].dead = 0;
-        recs[i].node = new_node(0, 0, 0, 0, NOVAL, 0);
-        decode_blob(&recs[i], rd.p, (u32)ln);
-        rd.p += ln;
-    }
-    u64 nops = rd_var(&rd);
-    if (ERR)
-        return;
-
-    Buf ops = {0, 0, 0};
-    if (local) {
-#ifdef HAVE_CTX
-        for (u32 i = 0; i < g_amap.n; i++) {
-            int made;
-            Node *e = child(T_INV, 0, g_amap.p[i], 0, NOVAL, &made);
-            e->x = i; /* the last index wins, as in the dict */
-        }
-#endif
-    }
-
+/* The ops of one change (v1: the whole batch; v2: one section). Key
+   indexes go through kmap when given (v2), else straight to records. */
+static NOINLINE void ops_loop(Rd *rdp, Rec *recs, const u64 *kmap, u64 nkeys, u64 nops,
+                              int local, Buf *opsp) {
+    Rd rd = *rdp;
+    Buf ops = *opsp;
     for (u64 i = 0; i < nops && !ERR; i++) {
         const u8 *start = rd.p;
         u64 k = rd_var(&rd);
         if (ERR)
             return;
-        if (k >= nrecs) {
+        if (k >= nkeys) {
             BAD("key index out of range");
             return;
         }
@@ -1228,7 +1144,7 @@ static NOINLINE void run(const u8 *data, u32 len, int local) {
             return;
         }
         u8 code = *rd.p++;
-        Rec *r = &recs[k];
+        Rec *r = &recs[kmap ? kmap[k] : k];
         u64 fid, h, a, s, p, q;
         Val v;
         u32 nctx;
@@ -1453,6 +1369,189 @@ static NOINLINE void run(const u8 *data, u32 len, int local) {
     if (rd.p != rd.end) {
         BAD("trailing bytes after the last op");
         return;
+    }
+    *rdp = rd;
+    *opsp = ops;
+}
+
+static int rd_ids(Rd *rd) {
+    u64 n = rd_var(rd);
+    if (ERR)
+        return 0;
+    if (n > left(rd) / 8) {
+        BAD("actor table runs past the end");
+        return 0;
+    }
+    g_ids = rd->p;
+    g_nids = n;
+    rd->p += 8 * n;
+    return 1;
+}
+
+/* a list of varints (field map, key map) */
+static u64 *rd_list(Rd *rd, u64 *count) {
+    u64 n = rd_var(rd);
+    *count = 0;
+    if (ERR)
+        return 0;
+    if (n > left(rd)) {
+        BAD("truncated varint");
+        return 0;
+    }
+    u64 *m = xalloc((u32)n * 8 + 8);
+    for (u32 i = 0; i < (u32)n && !ERR; i++)
+        m[i] = rd_var(rd);
+    *count = n;
+    return m;
+}
+
+static int rd_amap(Rd *rd) {
+    u64 n = rd_var(rd);
+    if (ERR)
+        return 0;
+    if (n > left(rd)) {
+        BAD("truncated varint");
+        return 0;
+    }
+    g_amap.p = 0;
+    g_amap.n = g_amap.cap = 0;
+    for (u32 i = 0; i < (u32)n && !ERR; i++) {
+        u64 x = rd_var(rd);
+        if (ERR)
+            return 0;
+        if (x >= g_nids) {
+            BAD("actor map points outside the actor table");
+            return 0;
+        }
+        vec_push(&g_amap, x);
+    }
+    return !ERR;
+}
+
+static Rec *rd_recs(Rd *rd, u32 *count) {
+    u64 n = rd_var(rd);
+    *count = 0;
+    if (ERR)
+        return 0;
+    if (n > left(rd)) {
+        BAD("truncated varint");
+        return 0;
+    }
+    u32 nrecs = (u32)n;
+    tab_init(1024);
+    Rec *recs = xalloc(nrecs * sizeof(Rec) + 8);
+    for (u32 i = 0; i < nrecs && !ERR; i++) {
+        u64 ln = rd_var(rd);
+        if (ERR)
+            return 0;
+        if (ln > left(rd)) {
+            BAD("record blob runs past the end");
+            return 0;
+        }
+        recs[i].dead = 0;
+        recs[i].node = new_node(0, 0, 0, 0, NOVAL, 0);
+        decode_blob(&recs[i], rd->p, (u32)ln);
+        rd->p += ln;
+    }
+    *count = nrecs;
+    return recs;
+}
+
+/* Batch version 2 (merge only): many changes in one call. The records are
+   shared; each section carries one change's field, actor and key maps. */
+static u32 run_v2(Rd *rd, Rec **out_recs) {
+    u32 nrecs;
+    *out_recs = 0;
+    if (!rd_ids(rd))
+        return 0;
+    Rec *recs = rd_recs(rd, &nrecs);
+    if (ERR)
+        return 0;
+    u64 nsec = rd_var(rd);
+    if (ERR)
+        return 0;
+    if (nsec > left(rd)) {
+        BAD("section count runs past the end");
+        return 0;
+    }
+    Buf none = {0, 0, 0};
+    for (u64 i = 0; i < nsec && !ERR; i++) {
+        g_fmap = rd_list(rd, &g_nf);
+        if (ERR || !rd_amap(rd))
+            return 0;
+        u64 nk;
+        u64 *kmap = rd_list(rd, &nk);
+        if (ERR)
+            return 0;
+        for (u64 j = 0; j < nk; j++)
+            if (kmap[j] >= nrecs) {
+                BAD("key map points outside the records");
+                return 0;
+            }
+        u64 nops = rd_var(rd);
+        u64 olen = rd_var(rd);
+        if (ERR)
+            return 0;
+        if (olen > left(rd)) {
+            BAD("section runs past the end");
+            return 0;
+        }
+        Rd sub = {rd->p, rd->p + olen};
+        ops_loop(&sub, recs, kmap, nk, nops, 0, &none);
+        rd->p += olen;
+    }
+    if (ERR)
+        return 0;
+    if (rd->p != rd->end) {
+        BAD("trailing bytes after the last section");
+        return 0;
+    }
+    *out_recs = recs;
+    return nrecs;
+}
+
+static NOINLINE void run(const u8 *data, u32 len, int local) {
+    Rd rd = {data, data + len};
+    g_buflen = len;
+    g_maxh = 0;
+    u32 nrecs;
+    Rec *recs;
+    u64 nops = 0;
+    Buf ops = {0, 0, 0};
+    if (len > 0 && data[0] == 2 && !local) {
+        rd.p++;
+        nrecs = run_v2(&rd, &recs);
+        if (ERR)
+            return;
+    } else {
+        if (len == 0 || data[0] != 1) {
+            BAD("batch version is not supported");
+            return;
+        }
+        rd.p++;
+        if (!rd_ids(&rd))
+            return;
+        g_fmap = rd_list(&rd, &g_nf);
+        if (ERR || !rd_amap(&rd))
+            return;
+        recs = rd_recs(&rd, &nrecs);
+        if (ERR)
+            return;
+        nops = rd_var(&rd);
+        if (ERR)
+            return;
+        if (local) {
+#ifdef HAVE_CTX
+            for (u32 i = 0; i < g_amap.n; i++) {
+                int made;
+                Node *e = child(T_INV, 0, g_amap.p[i], 0, NOVAL, &made);
+                e->x = i; /* the last index wins, as in the dict */
+            }
+#endif
+        }
+        ops_loop(&rd, recs, 0, nrecs, nops, local, &ops);
+        if (ERR)
+            return;
     }
     Buf *o = &g_out;
     o->p = 0;

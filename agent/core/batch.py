@@ -54,3 +54,18 @@ def parse_apply_result(out):
         amap.append(x)
     nops, p = get_varint(out, p)
     return max_h, blobs, amap, nops, bytes(out[p:])
+
+
+def build_multi(actor_table: bytes, blobs, sections) -> bytes:
+    """Batch version 2 (merge only): several changes in one engine call.
+    sections: (fmap, amap, kmap, nops, ops) per change, where kmap maps the
+    change's key indexes to positions in blobs."""
+    parts = [b"\x02", varint(len(actor_table) // 8), actor_table, varint(len(blobs))]
+    for b in blobs:
+        parts.append(varint(len(b)))
+        parts.append(b)
+    parts.append(varint(len(sections)))
+    for fmap, amap, kmap, nops, ops in sections:
+        parts += (index_map(fmap), index_map(amap), index_map(kmap), varint(nops),
+                  varint(len(ops)), ops)
+    return b"".join(parts)

@@ -368,12 +368,11 @@ def _read_batch(data) -> _Batch:
     return b
 
 
-def _run(data, local: bool):
-    b = _read_batch(data)
-    buf, p = b.buf, b.pos
-    fmap, amap, ids, recs = b.fmap, b.amap, b.ids, b.recs
+def _ops(buf, p, nops, recs, kmap, fmap, amap, ids, local, out_ops):
+    """Run the ops of one change; returns the greatest stamp seen. Key
+    indexes go through kmap when given (batch v2), else straight to recs."""
     inv = {loc: i for i, loc in enumerate(amap)}
-    out_ops = bytearray()
+    nkeys = len(kmap) if kmap is not None else len(recs)
     max_h = 0
 
     def var():
@@ -423,16 +422,16 @@ def _run(data, local: bool):
             put_varint(out_ops, i)
             put_varint(out_ops, h)
 
-    for _ in range(b.nops):
+    for _ in range(nops):
         start = p
         k = var()
-        if k >= len(recs):
+        if k >= nkeys:
             raise MalformedChange("key index out of range")
         if p >= len(buf):
             raise MalformedChange("truncated op")
         code = buf[p]
         p += 1
-        r = recs[k]
+        r = recs[kmap[k] if kmap is not None else k]
         if code == OP_LWW:
             fid = fld(); h = stamp(); a = act(); v = val()
             _lww(r, fid, h, a, v, ids)
@@ -511,6 +510,17 @@ def _run(data, local: bool):
             out_ops += buf[start:p]
     if p != len(buf):
         raise MalformedChange("trailing bytes after the last op")
+    return max_h
+
+
+def _run(data, local: bool):
+    if not local and data and data[0] == 2:
+        return _run_v2(data)
+    b = _read_batch(data)
+    out_ops = bytearray()
+    amap = b.amap
+    recs = b.recs
+    max_h = _ops(b.buf, b.pos, b.nops, recs, None, b.fmap, amap, b.ids, local, out_ops)
     out = bytearray()
     put_varint(out, max_h)
     put_varint(out, len(recs))
@@ -524,6 +534,60 @@ def _run(data, local: bool):
             put_varint(out, a)
         put_varint(out, b.nops)
         out += out_ops
+    return bytes(out)
+
+
+def _list(data, p):
+    n, p = get_varint(data, p)
+    out = []
+    for _ in range(n):
+        x, p = get_varint(data, p)
+        out.append(x)
+    return out, p
+
+
+def _run_v2(data):
+    """Batch version 2: many changes' ops over shared records, one call."""
+    p = 1
+    n, p = get_varint(data, p)
+    if p + 8 * n > len(data):
+        raise MalformedChange("actor table runs past the end")
+    ids = [_u64s.unpack_from(data, p + 8 * i)[0] for i in range(n)]
+    p += 8 * n
+    n, p = get_varint(data, p)
+    recs = []
+    for _ in range(n):
+        ln, p = get_varint(data, p)
+        if p + ln > len(data):
+            raise MalformedChange("record blob runs past the end")
+        recs.append(decode_blob(data[p:p + ln]))
+        p += ln
+    nsec, p = get_varint(data, p)
+    max_h = 0
+    for _ in range(nsec):
+        fmap, p = _list(data, p)
+        amap, p = _list(data, p)
+        if any(x >= len(ids) for x in amap):
+            raise MalformedChange("actor map points outside the actor table")
+        kmap, p = _list(data, p)
+        if any(x >= len(recs) for x in kmap):
+            raise MalformedChange("key map points outside the records")
+        nops, p = get_varint(data, p)
+        olen, p = get_varint(data, p)
+        if p + olen > len(data):
+            raise MalformedChange("section runs past the end")
+        h = _ops(bytes(data[p:p + olen]), 0, nops, recs, kmap, fmap, amap, ids, False, None)
+        max_h = max(max_h, h)
+        p += olen
+    if p != len(data):
+        raise MalformedChange("trailing bytes after the last section")
+    out = bytearray()
+    put_varint(out, max_h)
+    put_varint(out, len(recs))
+    for r in recs:
+        blob = encode_blob(r)
+        put_varint(out, len(blob))
+        out += blob
     return bytes(out)
 
 
