@@ -19,9 +19,11 @@ from . import clock as clock_mod
 from .change import actor_table, build_change_raw, parse_change, string_table
 from .codec import encode_value, varint, zigzag
 from .core import load_engine
-from .core.batch import (build_batch, build_batch_raw, index_map, parse_apply_result,
+from .core.batch import (build_batch, build_batch_raw, build_multi, index_map,
+                         parse_apply_result,
                          parse_merge_result)
-from .errors import UsageError, StoreError, ClockSkewError, ChangeGap
+from .errors import (UsageError, StoreError, ClockSkewError, ChangeGap, CoreError,
+                     MalformedChange)
 from .oplog.log import OpLog
 from .store import Store, BlobCorrupt
 from .values import Inc, MV, Add, Remove, decode_record, is_visible
@@ -97,9 +99,8 @@ class Node:
         self._closed = False
         self._since_checkpoint = 0
         self.replayed = len(tail)
-        if tail:
-            for _, raw in tail:
-                self._merge_one(raw, replay=True)
+        for i in range(0, len(tail), 1000):
+            self._merge_group([parse_change(raw) for _, raw in tail[i:i + 1000]], replay=True)
         if self.store.damaged:
             self.repair(self.store.damaged)
 
@@ -271,36 +272,95 @@ class Node:
     # -- remote changes
 
     def merge_changes(self, raws) -> int:
-        """Merge changes from a peer or a file. Each change is all or
-        nothing; a bad one raises a RemoteError and changes nothing.
-        Returns how many were new."""
-        n = 0
-        for raw in raws:
-            n += self._merge_one(raw)
-        if n and self.durable:
-            self.log.commit()
-        return n
+        """Merge changes from a peer or a file, in order. Each change is all
+        or nothing: the first bad one raises a RemoteError (MalformedChange,
+        ClockSkewError, ChangeGap) after the good ones before it are merged,
+        and leaves nothing of itself behind. Returns how many were new."""
+        return self.merge_parsed([parse_change(raw) for raw in raws])
+
+    def merge_parsed(self, changes) -> int:
+        """merge_changes for changes already checked by parse_change. Runs of
+        new changes are merged in one engine call (core batch version 2)."""
+        take = []
+        expect = {}
+        vv = self.vv
+        try:
+            for c in changes:
+                cur = expect.get(c.actor)
+                if cur is None:
+                    cur = vv.get(c.actor, 0)
+                if c.seq <= cur:
+                    continue
+                if c.seq != cur + 1:
+                    raise ChangeGap(
+                        "change %d of actor %016x arrived before change %d; sync again "
+                        "to fetch the missing ones" % (c.seq, c.actor, cur + 1))
+                self.clock.check(c.hlc)
+                expect[c.actor] = c.seq
+                take.append(c)
+        finally:
+            # what came before a bad change is merged, as if one by one
+            if take:
+                self._merge_group(take)
+                if self.durable:
+                    self.log.commit()
+        return len(take)
 
     def has_change(self, actor: int, seq: int) -> bool:
         return seq <= self.vv.get(actor, 0)
 
-    def _merge_one(self, raw, replay: bool = False) -> int:
-        c = parse_change(raw)
-        if not replay:
-            if c.seq <= self.vv.get(c.actor, 0):
-                return 0
-            if c.seq != self.vv.get(c.actor, 0) + 1:
-                raise ChangeGap(
-                    "change %d of actor %016x arrived before change %d; sync "
-                    "again to fetch the missing ones" % (c.seq, c.actor, self.vv.get(c.actor, 0) + 1))
-            self.clock.check(c.hlc)
+    def _merge_group(self, cs, replay: bool = False) -> None:
+        """Merge accepted changes (in order) with one engine call. If the
+        engine refuses the group or a stamp is beyond the clock bound, fall
+        back to one call per change so exactly the bad change is refused."""
+        if len(cs) == 1:
+            self._merge_one(cs[0], replay)
+            return
         store = self.store
-        kbs = [k.encode("utf-8") for k in c.keys]
+        pos = {}
+        kbs = []
+        sections = []
+        field_id, actor_index = store.field_id, store.actor_index
+        for c in cs:
+            kmap = []
+            for k in c.keys:
+                i = pos.get(k)
+                if i is None:
+                    i = pos[k] = len(kbs)
+                    kbs.append(k.encode("utf-8"))
+                kmap.append(i)
+            sections.append(([field_id(f) for f in c.fields],
+                             [actor_index(a) for a in c.actors], kmap, c.nops, c.ops))
+        kids, blobs = self._load_many(kbs)
         try:
-            kids, blobs = store.load_many(kbs)
+            out = self.engine.merge(build_multi(store.actor_table, blobs, sections))
+            max_h, new = parse_merge_result(out)
+            if not replay:
+                self.clock.check(max_h)
+        except (MalformedChange, CoreError, ClockSkewError):
+            for c in cs:
+                self._merge_one(c, replay)
+            return
+        if not replay:
+            self.log.append_many([c.raw for c in cs])
+        save = store.save
+        for kb, kid, old, b in zip(kbs, kids, blobs, new):
+            if b != old:
+                save(kb.decode("utf-8"), b, is_visible(b), kid, kb)
+        self._after_merge(cs, max_h)
+
+    def _load_many(self, kbs):
+        try:
+            return self.store.load_many(kbs)
         except BlobCorrupt as e:
             self.repair({e.kid})
-            kids, blobs = store.load_many(kbs)
+            return self._load_many(kbs)
+
+    def _merge_one(self, c, replay: bool = False) -> None:
+        """Merge one accepted change."""
+        store = self.store
+        kbs = [k.encode("utf-8") for k in c.keys]
+        kids, blobs = self._load_many(kbs)
         fmap = [store.field_id(f) for f in c.fields]
         amap = [store.actor_index(a) for a in c.actors]
         batch = build_batch(store.actor_table, fmap, amap, blobs, c.nops, c.ops)
@@ -312,16 +372,21 @@ class Node:
         for key, kid, old, b, kb in zip(c.keys, kids, blobs, new, kbs):
             if b != old:
                 save(key, b, is_visible(b), kid, kb)
+        self._after_merge((c,), max_h)
+
+    def _after_merge(self, cs, max_h) -> None:
         try:
             self.clock.observe(max_h)
         except ClockSkewError:
             pass  # replaying our own log after the wall clock went back
-        if c.seq > self.vv.get(c.actor, 0):
-            self.vv[c.actor] = c.seq
-        if c.actor == self.actor and c.seq > self.seq:
-            self.seq = c.seq
+        vv = self.vv
+        for c in cs:
+            if c.seq > vv.get(c.actor, 0):
+                vv[c.actor] = c.seq
+            if c.actor == self.actor and c.seq > self.seq:
+                self.seq = c.seq
+        self._since_checkpoint += len(cs) - 1
         self._tick()
-        return 1
 
     def changes_since(self, vv: dict):
         """Yield raw changes the holder of version vector vv lacks, in log order."""

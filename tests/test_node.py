@@ -136,3 +136,33 @@ def test_get_does_not_load_the_engine(tmp_path):
         n.get("k")
         list(n.scan(""))
         assert n._engine is None
+
+
+def test_many_changes_in_one_call_equal_one_by_one(tmp_path):
+    with node(tmp_path / "a") as a, node(tmp_path / "b") as b, \
+            node(tmp_path / "c") as c1, node(tmp_path / "d") as c2:
+        for i in range(30):
+            a.put("k%d" % (i % 7), {"x": i, "n": Inc(1), "s": Add("a%d" % i)})
+            b.put("k%d" % (i % 5), {"x": -i, "n": Inc(2), "m": MV(i)})
+            if i % 9 == 0:
+                a.delete("k%d" % (i % 7))
+        changes = list(a.changes_since({})) + list(b.changes_since({}))
+        assert c1.merge_changes(changes) == len(changes)      # one engine call
+        for raw in changes:
+            c2.merge_changes([raw])                              # one call each
+        assert list(c1.scan("")) == list(c2.scan(""))
+        assert c1.vv == c2.vv
+
+
+def test_bad_change_in_a_group_keeps_what_came_before(tmp_path):
+    with node(tmp_path / "a") as a, node(tmp_path / "b") as b:
+        for i in range(5):
+            a.put("k%d" % i, {"x": i})
+        changes = list(a.changes_since({}))
+        c = parse_change(changes[3])
+        changes[3] = build_change(c.actor, c.seq, c.hlc, c.keys, c.fields, c.actors,
+                                  c.nops + 1, bytes(c.ops))  # lies about its op count
+        with pytest.raises(MalformedChange):
+            b.merge_changes(changes)
+        assert [k for k, _ in b.scan("")] == ["k0", "k1", "k2"]
+        assert b.vv[a.actor] == 3

@@ -521,7 +521,7 @@ class Session:
                 dup += 1
             elif c.seq == cur + 1 and c.actor not in blocked:
                 expect[c.actor] = c.seq
-                take.append(raw)
+                take.append(c)
                 hashes.append(h)
             else:
                 gap += 1              # dropped; the ACK makes the sender rewind
@@ -530,7 +530,7 @@ class Session:
             raise ProtocolError("CHANGES has %d trailing bytes" % (len(m) - p))
         self.recv_batch = batch
         self.peer_idle = False
-        new = node.merge_changes(take) if take else 0
+        new = node.merge_parsed(take) if take else 0
         for h in hashes:
             self.recent.add(h)
         st = self.stats
