@@ -50,7 +50,7 @@ set --
 if [ -n "$wt" ]; then
   lib=${wt% *}
   info=${wt#* }
-  set -- "--include-data-files=$lib=wasmtime/linux-$machine/_libwasmtime.so"
+  set -- "--include-data-files=$stage/_libwasmtime.so=wasmtime/linux-$machine/_libwasmtime.so"
   if [ -n "$info" ]; then
     mkdir -p "$stage/$info"
     echo "Name: wasmtime" > "$stage/$info/METADATA"
@@ -64,6 +64,9 @@ if [ -n "$wt" ]; then
       [ -f "$f" ] && set -- "$@" "--include-data-files=$f=agent/core/$(basename "$f")"
     done
   fi
+  # its .symtab is not needed by ctypes (dynamic symbols stay): 29.7 -> 24.0 MB on x86
+  cp "$lib" "$stage/_libwasmtime.so"
+  strip --strip-unneeded "$stage/_libwasmtime.so" 2>/dev/null || cp "$lib" "$stage/_libwasmtime.so"
   echo "wasm core: wasmtime library $lib" >&2
 else
   echo "wasm core: no wasmtime library for $machine; the binary runs the reference engine" >&2
@@ -95,6 +98,7 @@ t0=$(date +%s)
 PYTHONPATH="$REPO" "$PYTHON" -m nuitka "$@" \
   --output-dir="$REPO/build/nuitka-$MODE-$machine" --output-filename=mycelium \
   --lto=no --jobs="$JOBS" --assume-yes-for-downloads --quiet \
+  --report="$REPO/build/nuitka-$MODE-$machine.report.xml" \
   --python-flag=no_site --python-flag=static_hashes --python-flag=safe_path \
   --include-package=agent \
   --include-data-files="$REPO/agent/core/crdt_core.wasm=agent/core/crdt_core.wasm" \
