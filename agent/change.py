@@ -75,9 +75,37 @@ def _strings(buf, p, what):
     return out, p
 
 
-def parse_change(raw) -> Change:
+_tables = {}
+
+
+def _field_table(buf, p):
+    """The field-name table, decoded once per distinct table: changes from
+    the same writer nearly always carry the same one."""
+    start = p
+    n, p = get_varint(buf, p)
+    for _ in range(min(n, len(buf))):
+        ln, p = get_varint(buf, p)
+        p += ln
+    if p > len(buf):
+        raise MalformedChange("field name runs past the end")
+    raw = bytes(buf[start:p])
+    hit = _tables.get(raw)
+    if hit is None:
+        hit, end = _strings(raw, 0, "field name")
+        if end != len(raw):
+            raise MalformedChange("field name count runs past the end")
+        hit = tuple(hit)
+        if len(_tables) > 4096:
+            _tables.clear()
+        _tables[raw] = hit
+    return hit, p
+
+
+def parse_change(raw, check_hash: bool = True) -> Change:
     """Check version, tables and hash. The ops themselves are checked by the
-    engine that merges them. Raises MalformedChange."""
+    engine that merges them. Raises MalformedChange. check_hash=False is for
+    a caller that has just computed the hash itself (sync sends changes
+    without it)."""
     raw = bytes(raw)
     if len(raw) < 1 + 8 + 5 + HASH_LEN:
         raise MalformedChange("change is too short (%d bytes)" % len(raw))
@@ -88,7 +116,7 @@ def parse_change(raw) -> Change:
                               % (raw[0], CHANGE_VERSION))
     body = memoryview(raw)[:-HASH_LEN]
     digest = raw[-HASH_LEN:]
-    if _blake(body, digest_size=HASH_LEN).digest() != digest:
+    if check_hash and _blake(body, digest_size=HASH_LEN).digest() != digest:
         raise MalformedChange("change hash does not match its bytes")
     c = Change()
     c.raw = raw
@@ -100,7 +128,7 @@ def parse_change(raw) -> Change:
     c.seq, p = get_varint(body, p)
     c.hlc, p = get_varint(body, p)
     c.keys, p = _strings(body, p, "key")
-    c.fields, p = _strings(body, p, "field name")
+    c.fields, p = _field_table(body, p)
     n, p = get_varint(body, p)
     if p + 8 * n > len(body):
         raise MalformedChange("actor table runs past the end")

@@ -321,6 +321,7 @@ class Node:
         kbs = []
         sections = []
         field_id, actor_index = store.field_id, store.actor_index
+        fmaps = {}
         for c in cs:
             kmap = []
             for k in c.keys:
@@ -329,8 +330,10 @@ class Node:
                     i = pos[k] = len(kbs)
                     kbs.append(k.encode("utf-8"))
                 kmap.append(i)
-            sections.append(([field_id(f) for f in c.fields],
-                             [actor_index(a) for a in c.actors], kmap, c.nops, c.ops))
+            fmap = fmaps.get(c.fields)
+            if fmap is None:
+                fmap = fmaps[c.fields] = [field_id(f) for f in c.fields]
+            sections.append((fmap, [actor_index(a) for a in c.actors], kmap, c.nops, c.ops))
         kids, blobs = self._load_many(kbs)
         try:
             out = self.engine.merge(build_multi(store.actor_table, blobs, sections))
