@@ -93,7 +93,10 @@ if [ "${STRIP_DEPS:-1}" = 1 ]; then
 fi
 
 # static imports only (DESIGN.md), so following them finds everything; what
-# the agent never imports stays out
+# the agent never imports stays out. Nuitka also carries ~200 stdlib modules
+# nobody imports; the listed ones are dropped (a module named there cannot be
+# imported by the binary, so only ones the agent has no use for are listed),
+# and so are the CJK codec libraries (_codecs_cn, _jp, ...: removed below).
 t0=$(date +%s)
 PYTHONPATH="$REPO" "$PYTHON" -m nuitka "$@" \
   --output-dir="$REPO/build/nuitka-$MODE-$machine" --output-filename=mycelium \
@@ -103,12 +106,18 @@ PYTHONPATH="$REPO" "$PYTHON" -m nuitka "$@" \
   --include-package=agent \
   --include-data-files="$REPO/agent/core/crdt_core.wasm=agent/core/crdt_core.wasm" \
   --nofollow-import-to=zstandard.backend_cffi,pytest,hypothesis,_pytest,unittest,doctest,pydoc,tkinter,setuptools,distutils,pip,wasmtime,bench,tests \
+  --nofollow-import-to=cgi,cgitb,chunk,crypt,ftplib,imaplib,imghdr,imp,mailcap,modulefinder,netrc,nturl2path,pickletools,pipes,poplib,pstats,pyclbr,rlcompleter,sndhdr,symtable,uu,webbrowser,xdrlib,__hello__,__phello__,_aix_support,_osx_support,_pydecimal,xmlrpc,lib2to3,idlelib,turtledemo,ensurepip,venv,curses,dbm \
   --noinclude-setuptools-mode=nofollow --noinclude-pytest-mode=nofollow \
   --noinclude-unittest-mode=nofollow --noinclude-pydoc-mode=nofollow \
   packaging/mycelium_main.py
 t1=$(date +%s)
 
 b=$REPO/build/nuitka-$MODE-$machine
+if [ -d "$b/mycelium_main.dist" ]; then
+  rm -f "$b"/mycelium_main.dist/_codecs_cn.so "$b"/mycelium_main.dist/_codecs_hk.so \
+        "$b"/mycelium_main.dist/_codecs_iso2022.so "$b"/mycelium_main.dist/_codecs_jp.so \
+        "$b"/mycelium_main.dist/_codecs_kr.so "$b"/mycelium_main.dist/_codecs_tw.so
+fi
 if [ "$MODE" = packed ]; then
   # one file: packaging/launcher + the standalone folder, zstd-compressed;
   # unpacked once per build id, then each start is one stat and one exec
