@@ -322,6 +322,7 @@ class Node:
         sections = []
         field_id, actor_index = store.field_id, store.actor_index
         fmaps = {}
+        amaps = {}
         for c in cs:
             kmap = []
             for k in c.keys:
@@ -332,8 +333,12 @@ class Node:
                 kmap.append(i)
             fmap = fmaps.get(c.fields)
             if fmap is None:
-                fmap = fmaps[c.fields] = [field_id(f) for f in c.fields]
-            sections.append((fmap, [actor_index(a) for a in c.actors], kmap, c.nops, c.ops))
+                fmap = fmaps[c.fields] = index_map([field_id(f) for f in c.fields])
+            actors = tuple(c.actors)
+            amap = amaps.get(actors)
+            if amap is None:
+                amap = amaps[actors] = index_map([actor_index(a) for a in actors])
+            sections.append((fmap, amap, index_map(kmap), c.nops, c.ops))
         kids, blobs = self._load_many(kbs)
         try:
             out = self.engine.merge(build_multi(store.actor_table, blobs, sections))

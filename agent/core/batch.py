@@ -59,13 +59,16 @@ def parse_apply_result(out):
 def build_multi(actor_table: bytes, blobs, sections) -> bytes:
     """Batch version 2 (merge only): several changes in one engine call.
     sections: (fmap, amap, kmap, nops, ops) per change, where kmap maps the
-    change's key indexes to positions in blobs."""
+    change's key indexes to positions in blobs; a map may be given already
+    encoded by index_map (bytes)."""
     parts = [b"\x02", varint(len(actor_table) // 8), actor_table, varint(len(blobs))]
     for b in blobs:
         parts.append(varint(len(b)))
         parts.append(b)
     parts.append(varint(len(sections)))
     for fmap, amap, kmap, nops, ops in sections:
-        parts += (index_map(fmap), index_map(amap), index_map(kmap), varint(nops),
-                  varint(len(ops)), ops)
+        parts += (fmap if type(fmap) is bytes else index_map(fmap),
+                  amap if type(amap) is bytes else index_map(amap),
+                  kmap if type(kmap) is bytes else index_map(kmap),
+                  varint(nops), varint(len(ops)), ops)
     return b"".join(parts)
