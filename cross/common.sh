@@ -92,6 +92,8 @@ in_root() {
         [ -d "$d" ] || continue
         mkdir -p "$R$d"; mount --bind -o ro "$d" "$R$d"
       done
+      # the x86_64 loader is /lib64/ld-linux-x86-64.so.2: an arm64 root has no /lib64
+      [ -e "$R/lib64" ] || [ -L "$R/lib64" ] || ln -s usr/lib64 "$R/lib64"
       mkdir -p "$R/opt/xcc"
       for f in /usr/bin/"$XCC_TRIPLET"-* /usr/bin/ccache; do
         t=$R/usr/bin/$(basename "$f")
