@@ -1,6 +1,6 @@
 #!/bin/sh
-# Smoke test of a built binary: init, put, get, scan, stats (and sync between
-# two data directories when the binary has `serve` and `sync`).
+# Smoke test of a built binary: init, put, get, del, scan, stats, and (when the
+# binary has `serve` and `sync`) a sync over TLS between two data directories.
 #   packaging/smoke.sh [BINARY]        default dist/mycelium
 # MYCELIUM_CORE is passed through (reference forces the pure-Python engine);
 # EXPECT_ENGINE=wasm|reference makes the engine reported by stats a check.
@@ -45,11 +45,30 @@ fi
 "$BIN" --data-dir "$D" put sensor:3 n+=1 || fail "put with the $engine engine"
 
 if "$BIN" --help | grep -qE '^ +serve' && "$BIN" --help | grep -qE '^ +sync'; then
-  step "sync (serve + sync)"
+  step "sync: a second data directory serves, the first syncs with it over TLS"
   B=$T/b
-  "$BIN" --data-dir "$B" init >/dev/null
-  "$BIN" --data-dir "$B" put other:1 x=1
-  "$BIN" --data-dir "$B" serve --help >"$T/serve-help" 2>&1 || true
-  step "serve/sync exist; see packaging/smoke.sh to extend once their flags settle"
+  "$BIN" --data-dir "$B" init >/dev/null || fail "init b"
+  "$BIN" --data-dir "$B" put other:1 x=1 || fail "put in b"
+  ida=$("$BIN" --data-dir "$D" id) || fail "id a"
+  idb=$("$BIN" --data-dir "$B" id) || fail "id b"
+  # b pins a's id (a dials b, so the address given for a is never used)
+  "$BIN" --data-dir "$B" peer add "$ida" 127.0.0.1:9 >/dev/null || fail "peer add on b"
+  "$BIN" --data-dir "$B" --json serve --listen 127.0.0.1:0 >"$T/serve.out" 2>"$T/serve.err" &
+  spid=$!
+  i=0
+  while ! grep -q listening "$T/serve.out" 2>/dev/null; do
+    i=$((i + 1))
+    [ $i -lt 300 ] || { kill "$spid" 2>/dev/null; fail "serve did not start: $(cat "$T/serve.err")"; }
+    sleep 0.1
+  done
+  addr=$(sed -n 's/.*"listening": "\([^"]*\)".*/\1/p' "$T/serve.out" | head -1)
+  "$BIN" --data-dir "$D" peer add "$idb" "$addr" >/dev/null || fail "peer add on a"
+  timeout 120 "$BIN" --data-dir "$D" sync "$idb" >/dev/null 2>"$T/sync.err" ||
+    { kill "$spid" 2>/dev/null; fail "sync: $(cat "$T/sync.err")"; }
+  "$BIN" --data-dir "$D" get other:1 >/dev/null || { kill "$spid"; fail "a lacks b's record after sync"; }
+  kill "$spid" 2>/dev/null || true
+  wait "$spid" 2>/dev/null || true
+  "$BIN" --data-dir "$B" get sensor:1 >/dev/null || fail "b lacks a's record after sync"
+  step "sync ok ($addr)"
 fi
 step "ok ($BIN)"
