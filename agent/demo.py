@@ -28,16 +28,8 @@ def _show(title, rec):
 
 
 def _agent_cmd():
-    """How to run a sync command in a child process: the main command once
-    agent/cli.py has `serve`, else the sync module's own entry point."""
-    from . import cli
-    try:
-        for action in cli.build_parser()._subparsers._group_actions:
-            if "serve" in getattr(action, "choices", {}):
-                return [sys.executable, "-m", "agent"]
-    except AttributeError:
-        pass
-    return [sys.executable, "-m", "agent.sync.commands"]
+    """How to run a mycelium command in a child process."""
+    return [sys.executable, "-m", "agent"]
 
 
 def _env():

@@ -39,7 +39,7 @@ def ours(tmp, n, runs):
         for key, fields in records(n):
             node.put(key, fields)
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    srv = subprocess.Popen([sys.executable, "-m", "agent.sync.commands", "--data-dir", a,
+    srv = subprocess.Popen([sys.executable, "-m", "agent", "--data-dir", a,
                             "--json", "serve", "--listen", "127.0.0.1:0"],
                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
     try:

@@ -11,7 +11,7 @@ merge is commutative, associative and idempotent.
 """
 import struct
 
-from ..codec import get_varint, put_varint, skip_value, zigzag, unzigzag, U64
+from ..codec import get_varint, put_varint, skip_value, unzigzag, U64
 from ..errors import MalformedChange, CoreError
 
 __all__ = ["apply", "merge", "decode_blob", "encode_blob", "Rec",

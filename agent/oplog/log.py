@@ -113,7 +113,13 @@ class OpLog:
     def append(self, payload: bytes):
         """Write one change; returns its position (segment, offset). Not yet
         durable in durable mode: call commit()."""
-        data = segment.frame(payload)
+        return self._write(segment.frame(payload))
+
+    def append_many(self, payloads) -> None:
+        """Append several changes with one write (same durability as append)."""
+        self._write(b"".join(segment.frame(p) for p in payloads))
+
+    def _write(self, data: bytes):
         with self._lock:
             if self.fd < 0:
                 raise LogError("the op log is closed")
@@ -130,27 +136,6 @@ class OpLog:
             self.offset += n
             self.written += n
             return pos
-
-    def append_many(self, payloads) -> None:
-        """Append several changes with one write (same durability as append)."""
-        if len(payloads) == 1:
-            self.append(payloads[0])
-            return
-        with self._lock:
-            if self.fd < 0:
-                raise LogError("the op log is closed")
-            data = b"".join(segment.frame(p) for p in payloads)
-            if self.offset + len(data) > self.segment_max and self.offset > HEADER_LEN:
-                self._new_segment(self.seg + 1)
-            try:
-                n = os.write(self.fd, data)
-            except OSError as e:
-                raise LogError("cannot write the op log: %s; free some disk space"
-                               % e.strerror) from e
-            if n != len(data):
-                raise LogError("short write to the op log; free some disk space")
-            self.offset += n
-            self.written += n
 
     def commit(self) -> None:
         """Durable mode: return once everything appended so far is on disk."""

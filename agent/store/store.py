@@ -254,6 +254,10 @@ class Store:
 
     def load_id(self, kid: int, key=None):
         _, _, cls, _, slot = _entry_unpack(self.keys.tab.mm, 16 + kid * 12)
+        return self._slot_blob(kid, cls, slot, key)
+
+    def _slot_blob(self, kid, cls, slot, key):
+        """The checked blob in a record's slot; None if it has none."""
         if cls == NO_CLASS:
             if kid in self.damaged:
                 raise BlobCorrupt(key, kid)
@@ -276,7 +280,7 @@ class Store:
         hm, tm, heap = keys.hash.mm, keys.tab.mm, keys.heap.mm
         mask = keys.mask
         u64 = _u64.unpack_from
-        arenas = self.arenas
+        slot_blob = self._slot_blob
         kids = []
         blobs = []
         for kb in kbs:
@@ -297,21 +301,8 @@ class Store:
             kids.append(kid)
             if kid < 0:
                 blobs.append(b"")
-                continue
-            if cls == NO_CLASS:
-                if kid in self.damaged:
-                    raise BlobCorrupt(kb.decode("utf-8", "replace"), kid)
-                blobs.append(b"")
-                continue
-            arena = arenas[cls]
-            so = slot * arena.size
-            mm = arena.file.mm
-            crc, skid, bl = _slot_unpack(mm, so)
-            bl &= 0x7FFF
-            blob = mm[so + 10:so + 10 + bl] if bl <= arena.size - 10 else None
-            if blob is None or skid != kid or crc != _crc(blob, _crc(_u32.pack(kid))):
-                raise BlobCorrupt(kb.decode("utf-8", "replace"), kid)
-            blobs.append(blob)
+            else:
+                blobs.append(slot_blob(kid, cls, slot, kb.decode("utf-8", "replace")) or b"")
         return kids, blobs
 
     def save(self, key: str, blob: bytes, visible: bool, kid: int = -1, kb=None) -> None:

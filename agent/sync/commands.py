@@ -2,19 +2,15 @@
 
 register(subparsers) adds them to the main parser (agent/cli.py). Each
 command takes args with data_dir, json and durable and returns an exit code.
-Until cli.py wires them, `python -m agent.sync.commands [--data-dir D] CMD`
-runs them with the same global flags.
 """
-import argparse
 import asyncio
 import json
-import os
 import random
 import signal
 import sys
 import time
 
-from ..errors import AgentError, UsageError, SyncError
+from ..errors import UsageError, SyncError
 from . import peers as P
 from .errors import PeerUnreachable, UnknownPeer
 from .identity import ensure_identity, normalize_id
@@ -459,35 +455,3 @@ def register(subparsers) -> None:
     a.set_defaults(fn=cmd_peer_list)
     s = subparsers.add_parser("id", help="print this device's id (give it to peers)")
     s.set_defaults(fn=cmd_id)
-
-
-def build_parser():
-    from ..node import default_data_dir
-    p = argparse.ArgumentParser(prog="python -m agent.sync.commands")
-    p.add_argument("--data-dir", default=os.environ.get("MYCELIUM_DATA_DIR") or default_data_dir())
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--durable", action="store_true")
-    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
-    sub.required = True
-    register(sub)
-    return p
-
-
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        if not os.path.exists(os.path.join(args.data_dir, "identity.json")):
-            raise UsageError("%s is not a Mycelium data directory; run `mycelium init` "
-                             "first (or pass --data-dir)" % args.data_dir)
-        return args.fn(args)
-    except AgentError as e:
-        if args.json:
-            print(json.dumps({"error": type(e).__name__, "message": str(e)}))
-        print("mycelium: %s" % e, file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,7 +11,7 @@ ENV = dict(os.environ, PYTHONPATH=ROOT)
 
 
 def cmd(data_dir, *args, check=0, timeout=60):
-    p = subprocess.run([sys.executable, "-m", "agent.sync.commands", "--data-dir", data_dir,
+    p = subprocess.run([sys.executable, "-m", "agent", "--data-dir", data_dir,
                         *args], capture_output=True, text=True, env=ENV, timeout=timeout)
     if check is not None:
         assert p.returncode == check, (args, p.stdout, p.stderr)
@@ -31,7 +31,7 @@ class Serve:
         self.err = open(os.path.join(os.path.dirname(data_dir),
                                      os.path.basename(data_dir) + ".serve.log"), "ab")
         self.p = subprocess.Popen(
-            [sys.executable, "-m", "agent.sync.commands", "--data-dir", data_dir, "--json",
+            [sys.executable, "-m", "agent", "--data-dir", data_dir, "--json",
              "serve", "--listen", "127.0.0.1:0"],
             stdout=subprocess.PIPE, stderr=self.err, env=ENV)
         line = self.p.stdout.readline()

@@ -7,7 +7,6 @@ import pytest
 import zstandard
 
 from agent.sync import frame as F
-from agent.sync.session import Session
 from agent.values import Inc
 
 from .helpers import make_node, pair, run, state

@@ -3,11 +3,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 
 from agent.node import Node
-from agent.values import Inc, Add
+from agent.values import Inc
 
 from .procs import ENV, Serve, cmd, init, snapshot, state_vv, wait_for
 
@@ -58,7 +57,7 @@ def test_killed_mid_sync_resumes_with_nothing_lost_or_doubled(tmp_path):
     try:
         cmd(a, "peer", "add", idb, "127.0.0.1:9")
         cmd(b, "peer", "add", ida, srv.addr)
-        p = subprocess.Popen([sys.executable, "-m", "agent.sync.commands", "--data-dir", b,
+        p = subprocess.Popen([sys.executable, "-m", "agent", "--data-dir", b,
                               "sync", ida], env=ENV, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE)
         log = os.path.join(b, "log")

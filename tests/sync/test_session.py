@@ -1,5 +1,4 @@
 """The sans-I/O session, two or three nodes in one process, byte queues between."""
-import time
 
 from agent.sync.session import Session, CHANGES
 from agent.sync.frame import FrameReader, ProtocolError
