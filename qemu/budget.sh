@@ -34,8 +34,9 @@ if [ ! -f "$VM/.mycelium-vm" ]; then
   rm -rf "$VM"
   cp -a "$ROOT" "$VM"
   rm -rf "$VM/src"
-  printf 'virtio_pci\nvirtio_mmio\nvirtio_blk\next4\n' >> "$VM/etc/initramfs-tools/modules" 2>/dev/null ||
-    { mkdir -p "$VM/etc/initramfs-tools"; printf 'virtio_pci\nvirtio_mmio\nvirtio_blk\next4\n' > "$VM/etc/initramfs-tools/modules"; }
+  # modules the initramfs loads before it looks for root=/dev/vda
+  mkdir -p "$VM/etc/initramfs-tools"
+  printf 'virtio_pci\nvirtio_mmio\nvirtio_blk\next4\n' >> "$VM/etc/initramfs-tools/modules"
   ROOT=$VM in_root sh -euc 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
     apt-get install -y -qq --no-install-recommends linux-image-arm64 initramfs-tools udev kmod >/dev/null'
   : > "$VM/.mycelium-vm"
