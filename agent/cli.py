@@ -92,11 +92,23 @@ def _print_record(key, rec, kinds, as_json):
                                      kinds.get(name, "?")))
 
 
-def _open(args, create=False):
-    from .node import Node, init_identity
-    if create:
-        init_identity(args.data_dir)
-    return Node(args.data_dir, durable=args.durable)
+def _open(args, local_only=False):
+    """The data directory's node; when a running `mycelium serve` holds it,
+    a stand-in that asks the daemon over its control socket."""
+    from .control import RemoteNode, socket_path
+    from .errors import StoreLocked
+    from .node import Node
+    try:
+        return Node(args.data_dir, durable=args.durable)
+    except StoreLocked:
+        path = socket_path(args.data_dir)
+        if local_only or not os.path.exists(path):
+            raise
+        try:
+            return RemoteNode(path)
+        except OSError:
+            raise StoreLocked("another process holds %s and does not answer on %s; "
+                              "stop it and try again" % (args.data_dir, path)) from None
 
 
 def cmd_init(args):
@@ -105,7 +117,7 @@ def cmd_init(args):
     existed = os.path.exists(os.path.join(args.data_dir, "identity.json"))
     ident = init_identity(args.data_dir)
     device_id = ensure_identity(args.data_dir)
-    with _open(args):
+    with _open(args, local_only=True):
         pass
     if args.json:
         print(json.dumps({"data_dir": args.data_dir, "actor": ident["actor"],
@@ -169,18 +181,13 @@ def cmd_del(args):
 
 
 def cmd_scan(args):
-    from .values import decode_record
     with _open(args) as n:
-        names = n.store.field_names
         shown = 0
-        for key, kid in n.store.scan(args.prefix):
-            got = decode_record(n.store.load_id(kid, key), names, with_kinds=True)
-            if got is None:
-                continue
+        for key, rec, kinds in n.scan(args.prefix, with_kinds=True):
             if args.keys_only:
                 print(json.dumps(key) if args.json else key)
             else:
-                _print_record(key, got[0], got[1], args.json)
+                _print_record(key, rec, kinds, args.json)
             shown += 1
             if args.limit and shown >= args.limit:
                 break

@@ -132,8 +132,9 @@ class Node:
             return None
         return decode_record(blob, self.store.field_names, with_kinds)
 
-    def scan(self, prefix: str = ""):
-        """Yield (key, fields) of visible records under prefix, in key order."""
+    def scan(self, prefix: str = "", with_kinds: bool = False):
+        """Yield (key, fields) of visible records under prefix, in key order;
+        (key, fields, kinds) with with_kinds."""
         names = self.store.field_names
         for key, kid in self.store.scan(prefix):
             try:
@@ -141,9 +142,9 @@ class Node:
             except BlobCorrupt:
                 self.repair({kid})
                 blob = self.store.load_id(kid, key)
-            rec = decode_record(blob, names)
-            if rec is not None:
-                yield key, rec
+            got = decode_record(blob, names, with_kinds)
+            if got is not None:
+                yield (key, got[0], got[1]) if with_kinds else (key, got)
 
     def count(self) -> int:
         return self.store.count()

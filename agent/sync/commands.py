@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 
+from ..control import ControlServer, socket_path
 from ..errors import UsageError, SyncError
 from . import peers as P
 from .errors import PeerUnreachable, UnknownPeer
@@ -368,10 +369,18 @@ class Daemon:
         P.save_state(self.data_dir, {"device_id": self.my_id, "vv": P.vv_hex(self.node.vv),
                                      "peers": self.peer_state})
 
+    def wake_all(self):
+        """A local write came in through the control socket: offer it now."""
+        for wake in self.sessions.values():
+            wake.set()
+        self.state_dirty = True
+
     async def run(self, host, port, on_listening=None):
         server = await asyncio.start_server(self.handle, host, port,
                                             ssl=server_context(self.data_dir),
                                             ssl_handshake_timeout=10.0)
+        control = ControlServer(self.node, socket_path(self.data_dir), self.wake_all)
+        await control.start()
         bound = server.sockets[0].getsockname()
         if on_listening:
             on_listening(bound[0], bound[1])
@@ -383,6 +392,7 @@ class Daemon:
                 await self._sleep(STATE_EVERY)
         finally:
             server.close()
+            await control.close()
             for wake in list(self.sessions.values()):
                 wake.set()
             tasks = [t for t in self.dialers.values() if not t.done()]

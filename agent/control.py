@@ -1,0 +1,224 @@
+"""The local control socket: while `mycelium serve` holds a data directory,
+the other mycelium commands on this machine read and write through it.
+
+One JSON object per line each way, over a Unix socket `control.sock` in the
+data directory (mode 0600: only its owner may use it). A request is
+{"op": "put" | "get" | "del" | "scan" | "stats", ...}; a reply is
+{"ok": result} or {"error": class name, "message": text}.
+"""
+import asyncio
+import base64
+import json
+import os
+import socket
+
+from . import errors
+from .values import Inc, MV, Add, Remove
+
+SOCKET_NAME = "control.sock"
+MAX_LINE = 16 * 1024 * 1024
+
+
+def socket_path(data_dir: str) -> str:
+    return os.path.join(data_dir, SOCKET_NAME)
+
+
+def to_json(v):
+    if isinstance(v, bytes):
+        return {"$bytes": base64.b64encode(v).decode()}
+    if isinstance(v, (list, tuple)):
+        return [to_json(x) for x in v]
+    return v
+
+
+def from_json(v):
+    if isinstance(v, dict):
+        if set(v) == {"$bytes"}:
+            return base64.b64decode(v["$bytes"])
+        raise errors.UsageError("a field value cannot be an object")
+    return v
+
+
+def encode_fields(fields: dict) -> list:
+    out = []
+    for name, v in fields.items():
+        t = type(v)
+        if t is Inc:
+            out.append([name, "inc", v.delta])
+        elif t is MV:
+            out.append([name, "mv", to_json(v.value)])
+        elif t is Add:
+            out.append([name, "add", to_json(list(v.values))])
+        elif t is Remove:
+            out.append([name, "remove", to_json(list(v.values))])
+        else:
+            out.append([name, "lww", to_json(v)])
+    return out
+
+
+def decode_fields(items) -> dict:
+    fields = {}
+    for name, kind, v in items:
+        if kind == "inc":
+            fields[name] = Inc(int(v))
+        elif kind == "mv":
+            fields[name] = MV(from_json(v))
+        elif kind == "add":
+            fields[name] = Add(*[from_json(x) for x in v])
+        elif kind == "remove":
+            fields[name] = Remove(*[from_json(x) for x in v])
+        elif kind == "lww":
+            fields[name] = from_json(v)
+        else:
+            raise errors.UsageError("unknown field kind %r" % kind)
+    return fields
+
+
+class ControlServer:
+    """Serves one node's API on the control socket, in the daemon's loop."""
+
+    def __init__(self, node, path: str, on_write=None):
+        self.node = node
+        self.path = path
+        self.on_write = on_write
+        self.server = None
+
+    async def start(self):
+        if os.path.exists(self.path):
+            os.unlink(self.path)  # we hold the store lock: nobody else serves it
+        self.server = await asyncio.start_unix_server(self._client, self.path, limit=MAX_LINE)
+        os.chmod(self.path, 0o600)
+
+    async def close(self):
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+            self.server = None
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    async def _client(self, reader, writer):
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    break
+                writer.write(json.dumps(self.handle(line)).encode() + b"\n")
+                await writer.drain()
+        except (ConnectionError, ValueError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+
+    def handle(self, line: bytes) -> dict:
+        try:
+            try:
+                req = json.loads(line)
+                op = req["op"]
+            except (ValueError, KeyError, TypeError):
+                raise errors.UsageError("the control socket takes one JSON request per line")
+            node = self.node
+            if op == "put":
+                node.put(req["key"], decode_fields(req["fields"]))
+                self._wrote()
+                return {"ok": True}
+            if op == "del":
+                done = node.delete(req["key"])
+                if done:
+                    self._wrote()
+                return {"ok": done}
+            if op == "get":
+                got = node.get(req["key"], with_kinds=True)
+                return {"ok": None if got is None else [to_json(got[0]), got[1]]}
+            if op == "scan":
+                rows = []
+                for key, rec, kinds in node.scan(req.get("prefix", ""), with_kinds=True):
+                    rows.append([key, to_json(rec), kinds])
+                    if req.get("limit") and len(rows) >= req["limit"]:
+                        break
+                return {"ok": rows}
+            if op == "stats":
+                return {"ok": dict(node.stats(), served_by="mycelium serve")}
+            raise errors.UsageError("unknown control op %r" % (op,))
+        except errors.AgentError as e:
+            return {"error": type(e).__name__, "message": str(e)}
+        except (KeyError, TypeError, ValueError) as e:
+            return {"error": "UsageError", "message": "bad control request: %s" % e}
+
+    def _wrote(self):
+        if self.on_write is not None:
+            self.on_write()
+
+
+class RemoteNode:
+    """The part of the Node API the CLI uses, answered by a running daemon."""
+
+    remote = True
+
+    def __init__(self, path: str, timeout: float = 60.0):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(path)
+        except OSError:
+            self.sock.close()
+            raise
+        self.file = self.sock.makefile("rwb")
+
+    def _call(self, **req):
+        try:
+            self.file.write(json.dumps(req).encode() + b"\n")
+            self.file.flush()
+            line = self.file.readline()
+        except OSError as e:
+            raise errors.SyncError("lost the running `mycelium serve` (%s); try again" % e) from None
+        if not line:
+            raise errors.SyncError("the running `mycelium serve` closed the control socket")
+        rep = json.loads(line)
+        if "error" in rep:
+            cls = getattr(errors, rep["error"], errors.AgentError)
+            if not (isinstance(cls, type) and issubclass(cls, errors.AgentError)):
+                cls = errors.AgentError
+            raise cls(rep["message"])
+        return rep["ok"]
+
+    def put(self, key, fields):
+        self._call(op="put", key=key, fields=encode_fields(fields))
+
+    def delete(self, key):
+        return self._call(op="del", key=key)
+
+    def get(self, key, with_kinds=False):
+        got = self._call(op="get", key=key)
+        if got is None:
+            return None
+        rec = {k: _values(v) for k, v in got[0].items()}
+        return (rec, got[1]) if with_kinds else rec
+
+    def scan(self, prefix="", with_kinds=False, limit=0):
+        for key, rec, kinds in self._call(op="scan", prefix=prefix, limit=limit):
+            rec = {k: _values(v) for k, v in rec.items()}
+            yield (key, rec, kinds) if with_kinds else (key, rec)
+
+    def stats(self):
+        return self._call(op="stats")
+
+    def close(self):
+        if self.sock is not None:
+            self.file.close()
+            self.sock.close()
+            self.sock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _values(v):
+    if isinstance(v, list):
+        return [from_json(x) for x in v]
+    return from_json(v)
