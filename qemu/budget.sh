@@ -51,6 +51,10 @@ mkdir -p "$VM/opt/bench"
 cp "$BIN" "$VM/opt/bench/mycelium"
 cp "$REPO/qemu/guest/measure.py" "$REPO/qemu/guest/init.sh" "$VM/opt/bench/"
 chmod +x "$VM/opt/bench/init.sh" "$VM/opt/bench/mycelium"
+# the agent's source, run by the root's venv python as the in-guest peer (info)
+mkdir -p "$VM/opt/bench/src"
+(cd "$REPO" && git ls-files -z --cached --others --exclude-standard agent |
+   tar --null -T - --ignore-failed-read -cf -) | tar -xf - -C "$VM/opt/bench/src"
 data=$CROSS_CACHE/data-$N
 if [ ! -f "$data/identity.json" ]; then
   log "making $N records on the host (the on-disk format is little-endian on both)"
@@ -81,7 +85,7 @@ for mem in $MEMS; do
   log "VM ($mem) ran $(($(date +%s) - t0)) s; console in $logf"
   grep -q '^RESULT' "$logf" || { echo "no results from the VM ($mem): see $logf" >&2; status=1; continue; }
   tr -d '\r' < "$logf" | sed -n "s/^RESULT /$mem /p" >> "$out"
-  tr -d '\r' < "$logf" | grep -E '^(FAILED|GUEST-START|INFO)' >&2 || true
+  tr -d '\r' < "$logf" | grep -E '^(FAILED|GUEST-START)' >&2 || true
 done
 
 get() { awk -v m="$1" -v k="$2" '$1 == m && $2 == k { print $3 }' "$out"; }
@@ -105,5 +109,9 @@ for mem in $MEMS; do
   row "[$mem] cold start to first read, x python3 -c pass" "$(get "$mem" first_read_ratio)" "(info; x86: 3)" ""
   row "[$mem] cold start to core ready, x python3 -c pass" "$(get "$mem" core_ready_ratio)" "(info; x86: 6)" ""
   row "[$mem] first run after install (unpack) (s)" "$(get "$mem" first_run_s)" "(info)" ""
+  row "[$mem] python -m agent: peak RSS, core (MB)" "$(get "$mem" peak_rss_py_core_mb)" "(info)" ""
+  row "[$mem] python -m agent: peak RSS, first read (MB)" "$(get "$mem" peak_rss_py_read_mb)" "(info)" ""
+  row "[$mem] python -m agent: first read, x pass" "$(get "$mem" py_first_read_ratio)" "(info)" ""
+  row "[$mem] python -m agent: core ready, x pass" "$(get "$mem" py_core_ready_ratio)" "(info)" ""
 done
 exit $status

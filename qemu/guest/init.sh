@@ -4,7 +4,7 @@
 # power off. The host (qemu/budget.sh) reads the lines that start with RESULT.
 PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin
 export PATH HOME=/root LANG=C.UTF-8
-mount -t proc proc /proc
+mountpoint -q /proc 2>/dev/null || mount -t proc proc /proc 2>/dev/null
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mount -t tmpfs -o size=256m tmpfs /tmp
