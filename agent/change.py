@@ -4,7 +4,6 @@ A change is a batch of ops from one actor with its own tables of keys, field
 names and actor ids, so it means the same on every device. Its id is the
 blake2b-128 hash of its bytes, which it also carries at its end.
 """
-import hashlib
 import struct
 
 from .codec import get_varint, put_varint, varint
@@ -16,7 +15,10 @@ CHANGE_VERSION = 1
 HASH_LEN = 16
 MAX_CHANGE = 16 * 1024 * 1024
 _u64 = struct.Struct("<Q")
-_blake = hashlib.blake2b
+try:  # the built-in module: hashlib would load OpenSSL (about 4 MB of RSS)
+    from _blake2 import blake2b as _blake
+except ImportError:  # pragma: no cover
+    from hashlib import blake2b as _blake
 
 
 class Change:

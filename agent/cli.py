@@ -7,7 +7,7 @@ import sys
 import time
 
 from .errors import AgentError, UsageError
-from .sync import commands as sync_commands
+from .sync import parser as sync_parser
 
 EXIT_OK, EXIT_NOT_FOUND = 0, 1
 
@@ -296,7 +296,7 @@ def build_parser():
     s.set_defaults(fn=cmd_demo)
     s = sub.add_parser("stats", help="counts, sizes and the engine in use")
     s.set_defaults(fn=cmd_stats)
-    sync_commands.register(sub)
+    sync_parser.register(sub)
     return p
 
 

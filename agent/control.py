@@ -6,7 +6,6 @@ data directory (mode 0600: only its owner may use it). A request is
 {"op": "put" | "get" | "del" | "scan" | "stats", ...}; a reply is
 {"ok": result} or {"error": class name, "message": text}.
 """
-import asyncio
 import base64
 import json
 import os
@@ -84,6 +83,7 @@ class ControlServer:
         self.server = None
 
     async def start(self):
+        import asyncio  # here, not at the top: the CLI's client side must stay light
         if os.path.exists(self.path):
             os.unlink(self.path)  # we hold the store lock: nobody else serves it
         self.server = await asyncio.start_unix_server(self._client, self.path, limit=MAX_LINE)
@@ -100,6 +100,7 @@ class ControlServer:
             pass
 
     async def _client(self, reader, writer):
+        import asyncio
         try:
             while True:
                 line = await reader.readline()

@@ -11,7 +11,6 @@ Read: store -> decode in Python; the engine is never loaded for reads.
 """
 import json
 import os
-import secrets
 import struct
 import time
 
@@ -31,6 +30,8 @@ from .values import Inc, MV, Add, Remove, decode_record, is_visible
 __all__ = ["Node", "default_data_dir"]
 
 CHECKPOINT_EVERY = 50_000
+TRIM_CHECK_EVERY = 2048
+DEFAULT_RSS_BUDGET_MB = 30
 _u64 = struct.Struct("<Q")
 
 
@@ -46,7 +47,7 @@ def init_identity(data_dir: str) -> dict:
     path = os.path.join(data_dir, "identity.json")
     if os.path.exists(path):
         return read_identity(data_dir)
-    ident = {"version": 1, "actor": "%016x" % (secrets.randbits(64) | 1),
+    ident = {"version": 1, "actor": "%016x" % (int.from_bytes(os.urandom(8), "little") | 1),
              "created": int(time.time())}
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -72,7 +73,7 @@ def read_identity(data_dir: str) -> dict:
 class Node:
     def __init__(self, data_dir: str, durable: bool = False, engine=None,
                  max_skew_ms: int = clock_mod.DEFAULT_MAX_SKEW_MS,
-                 flush_interval_ms: int = 100):
+                 flush_interval_ms: int = 100, rss_budget_mb=None):
         self.data_dir = data_dir
         ident = read_identity(data_dir)
         self.actor = int(ident["actor"], 16)
@@ -98,6 +99,11 @@ class Node:
             raise
         self._closed = False
         self._since_checkpoint = 0
+        self._ops = 0
+        budget = rss_budget_mb if rss_budget_mb is not None else float(
+            os.environ.get("MYCELIUM_RSS_BUDGET_MB", DEFAULT_RSS_BUDGET_MB))
+        self.rss_budget = int(budget * 1024 * 1024)
+        self.trims = 0
         self.replayed = len(tail)
         for i in range(0, len(tail), 1000):
             self._merge_group([parse_change(raw) for _, raw in tail[i:i + 1000]], replay=True)
@@ -123,6 +129,9 @@ class Node:
 
     def get(self, key: str, with_kinds: bool = False):
         """The record's fields as a dict, or None if absent or deleted."""
+        self._ops += 1
+        if self._ops >= TRIM_CHECK_EVERY:
+            self._check_memory()
         try:
             blob = self.store.load(key)
         except BlobCorrupt as e:
@@ -428,7 +437,19 @@ class Node:
 
     # -- lifecycle
 
+    def _check_memory(self):
+        """The store's files are mapped, so every page touched counts in the
+        process's RSS. Past the budget, unmap them (the page cache keeps
+        them; they fault back in as needed)."""
+        self._ops = 0
+        if self.rss_budget and _rss() > self.rss_budget:
+            self.store.trim()
+            self.trims += 1
+
     def _tick(self):
+        self._ops += 1
+        if self._ops >= TRIM_CHECK_EVERY:
+            self._check_memory()
         self._since_checkpoint += 1
         if self._since_checkpoint >= CHECKPOINT_EVERY:
             self.checkpoint()
@@ -461,6 +482,9 @@ class Node:
             "durable": self.durable,
             "clean_open": s.was_clean,
             "replayed_changes": self.replayed,
+            "rss_bytes": _rss(),
+            "rss_budget_bytes": self.rss_budget,
+            "store_trims": self.trims,
         }
 
     def close(self) -> None:
@@ -481,6 +505,18 @@ class Node:
 
     def __exit__(self, *exc):
         self.close()
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _rss() -> int:
+    """This process's resident set in bytes (0 where /proc is missing)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def load_engine_name() -> str:

@@ -39,6 +39,12 @@ class MappedFile:
                              % (self.path, new, e.strerror)) from e
         self.size = new
 
+    def trim(self) -> None:
+        """Drop this mapping's pages from the process (they stay in the page
+        cache, dirty ones included, and fault back in when touched)."""
+        if self.mm is not None and hasattr(mmap, "MADV_DONTNEED"):
+            self.mm.madvise(mmap.MADV_DONTNEED)
+
     def flush(self) -> None:
         if self.mm is not None:
             self.mm.flush()

@@ -362,6 +362,16 @@ class Store:
                 total += (a.capacity - len(a.free)) * a.size
         return total + len(self.actor_table)
 
+    def trim(self) -> None:
+        """Unmap every resident page of the store's files from this process:
+        RSS falls back to the interpreter's own; the data stays in the page
+        cache and in the files."""
+        for a in self.arenas:
+            if a is not None:
+                a.file.trim()
+        for f in (self.keys.heap, self.keys.tab, self.keys.hash):
+            f.trim()
+
     def file_bytes(self) -> int:
         return sum(os.path.getsize(os.path.join(self.dir, n)) for n in os.listdir(self.dir))
 

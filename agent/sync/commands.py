@@ -1,7 +1,7 @@
 """`mycelium serve | sync | peer add | peer list | id`.
 
-register(subparsers) adds them to the main parser (agent/cli.py). Each
-command takes args with data_dir, json and durable and returns an exit code.
+Their arguments are in parser.py (agent/cli.py adds them). Each command
+takes args with data_dir, json and durable and returns an exit code.
 """
 import asyncio
 import json
@@ -18,10 +18,8 @@ from .identity import ensure_identity, normalize_id
 from .session import Recent, Session
 from .transport import client_context, connect, drive, peer_device_id, server_context
 
-__all__ = ["register", "cmd_serve", "cmd_sync", "cmd_peer_add", "cmd_peer_list", "cmd_id",
-           "Daemon"]
+__all__ = ["cmd_serve", "cmd_sync", "cmd_peer_add", "cmd_peer_list", "cmd_id", "Daemon"]
 
-DEFAULT_LISTEN = "0.0.0.0:7420"
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
 STATE_EVERY = 1.0
 
@@ -438,30 +436,3 @@ def cmd_serve(args):
                                   "running? pick another --listen port)" % (args.listen, e)) \
                 from None
     return 0
-
-
-# -- wiring
-
-
-def register(subparsers) -> None:
-    s = subparsers.add_parser("serve", help="sync continuously with every known peer")
-    s.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
-                   help="where to accept peers (default %(default)s; port 0 picks a free "
-                        "one and prints it)")
-    s.set_defaults(fn=cmd_serve)
-    s = subparsers.add_parser("sync", help="catch up once with PEER (a device id or its start)")
-    s.add_argument("peer")
-    s.add_argument("--progress", action="store_true",
-                   help="draw a progress bar on stderr even when it is not a terminal")
-    s.set_defaults(fn=cmd_sync)
-    s = subparsers.add_parser("peer", help="add or list peers")
-    psub = s.add_subparsers(dest="peer_cmd", metavar="ACTION")
-    psub.required = True
-    a = psub.add_parser("add", help="add a peer by its device id and address")
-    a.add_argument("id", help="the id `mycelium id` prints on that device")
-    a.add_argument("addr", metavar="HOST:PORT")
-    a.set_defaults(fn=cmd_peer_add)
-    a = psub.add_parser("list", help="known peers and how far behind each one is")
-    a.set_defaults(fn=cmd_peer_list)
-    s = subparsers.add_parser("id", help="print this device's id (give it to peers)")
-    s.set_defaults(fn=cmd_id)

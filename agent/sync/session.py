@@ -25,14 +25,13 @@ ClockSkewError) or a message out of turn closes this session only (a BYE with
 the reason is queued for the peer); nothing from that frame is applied.
 Faults of our own store (StoreError, CoreError, LogError) are raised.
 """
-import hashlib
 import struct
 import time
 from collections import deque
 
 from pybloom_live import BloomFilter
 
-from ..change import HASH_LEN, parse_change
+from ..change import HASH_LEN, _blake, parse_change
 from ..codec import get_varint, put_varint
 from ..errors import MalformedChange, RemoteError
 from .frame import FrameReader, ProtocolError, encode_frame, MAX_DECODED
@@ -51,7 +50,6 @@ MAX_BLOOM_CAPACITY = 1 << 16
 MAX_ID = 64
 FLAG_LIVE = 1
 _u64 = struct.Struct("<Q")
-_blake = hashlib.blake2b
 
 
 # -- events
