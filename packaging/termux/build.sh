@@ -85,10 +85,15 @@ if [ "$MODE" = pip ]; then
 fi
 grep -i '^nuitka==' "$REPO/packaging/requirements.txt" >> "$tmp/req.txt"
 "$venv/bin/pip" install -q -r "$tmp/req.txt"
-# Termux's Python is shared-only: Nuitka links libpython dynamically there;
-# onefile-cached unpacks once to ~/.cache/mycelium
-CC=${CC:-clang} PYTHON="$venv/bin/python" sh "$REPO/packaging/build.sh" onefile-cached \
+# Termux's Python is shared-only: Nuitka links libpython dynamically there.
+# On the device a standalone folder is the best fit: nothing to unpack, the
+# fastest start (bench/startup.py), and no static libzstd needed for the
+# packed launcher. It goes to $PREFIX/opt/mycelium, linked from $PREFIX/bin.
+CC=${CC:-clang} PYTHON="$venv/bin/python" sh "$REPO/packaging/build.sh" standalone \
   "$REPO/dist/termux"
-install -m 0755 "$REPO/dist/termux/mycelium" "$PREFIX/bin/mycelium"
-say "installed $PREFIX/bin/mycelium"
+rm -rf "$PREFIX/opt/mycelium"
+mkdir -p "$PREFIX/opt"
+cp -R "$REPO/dist/termux/mycelium.dist" "$PREFIX/opt/mycelium"
+ln -sf "$PREFIX/opt/mycelium/mycelium" "$PREFIX/bin/mycelium"
+say "installed $PREFIX/opt/mycelium, linked as $PREFIX/bin/mycelium"
 MYCELIUM_CORE=reference EXPECT_ENGINE=reference sh "$REPO/packaging/smoke.sh" "$PREFIX/bin/mycelium"
