@@ -31,7 +31,7 @@ __all__ = ["Node", "default_data_dir"]
 
 CHECKPOINT_EVERY = 50_000
 TRIM_CHECK_EVERY = 2048
-DEFAULT_RSS_BUDGET_MB = 30
+DEFAULT_RSS_BUDGET_MB = 48
 _u64 = struct.Struct("<Q")
 
 

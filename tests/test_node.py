@@ -166,3 +166,16 @@ def test_bad_change_in_a_group_keeps_what_came_before(tmp_path):
             b.merge_changes(changes)
         assert [k for k, _ in b.scan("")] == ["k0", "k1", "k2"]
         assert b.vv[a.actor] == 3
+
+
+def test_store_pages_are_unmapped_past_the_rss_budget_and_data_stays(tmp_path):
+    from agent.node import TRIM_CHECK_EVERY
+    with node(tmp_path / "a", rss_budget_mb=1) as n:      # a budget any process exceeds
+        for i in range(TRIM_CHECK_EVERY + 10):
+            n.put("k%05d" % i, {"v": i})
+        assert n.trims >= 1
+        assert all(n.get("k%05d" % i) == {"v": i} for i in range(0, TRIM_CHECK_EVERY, 97))
+    with node(tmp_path / "a", rss_budget_mb=0) as n:      # 0: never
+        for i in range(TRIM_CHECK_EVERY + 10):
+            n.get("k%05d" % (i % 100))
+        assert n.trims == 0
