@@ -306,24 +306,29 @@ class Store:
         return kids, blobs
 
     def save(self, key: str, blob: bytes, visible: bool, kid: int = -1, kb=None) -> None:
-        """Store blob as key's record (copy on write: a new slot, then the
-        index, then the old slot is freed)."""
+        """Store blob as key's record. A blob that keeps its size class is
+        rewritten in place; one that moves gets a new slot, then the index
+        points to it, then the old slot is freed. A write torn by a crash
+        fails its CRC on the next open and is rebuilt from the op log."""
         if len(blob) > MAX_BLOB:
             raise RecordTooLarge("record %r would take %d bytes; the limit is %d. "
                                  "Split it into several records" % (key, len(blob), MAX_BLOB))
         if kid < 0:
             kid = self.keys.intern(kb if kb is not None else key.encode("utf-8"))
         old_cls, old_slot = self.keys.location(kid)
-        if blob:
-            cls = class_for(len(blob))
-            a = self.arenas[cls] or self._arena(cls)
-            slot = a.alloc()
-            a.write(slot, kid, blob, visible)
-            self.keys.set_location(kid, cls, slot)
+        cls = class_for(len(blob)) if blob else NO_CLASS
+        if cls == old_cls and cls != NO_CLASS:
+            self.arenas[cls].write(old_slot, kid, blob, visible)
         else:
-            self.keys.set_location(kid, NO_CLASS, 0)
-        if old_cls != NO_CLASS:
-            self.arenas[old_cls].release(old_slot)
+            if blob:
+                a = self.arenas[cls] or self._arena(cls)
+                slot = a.alloc()
+                a.write(slot, kid, blob, visible)
+                self.keys.set_location(kid, cls, slot)
+            else:
+                self.keys.set_location(kid, NO_CLASS, 0)
+            if old_cls != NO_CLASS:
+                self.arenas[old_cls].release(old_slot)
         self.damaged.discard(kid)
         if visible:
             self.visible.add(kid)
