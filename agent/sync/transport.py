@@ -67,7 +67,9 @@ async def connect(host, port, ctx, expect_id, timeout=HANDSHAKE_TIMEOUT):
         raise SyncTimeout("no TLS handshake with %s:%s within %.0f s" % (host, port, timeout)) \
             from None
     except (OSError, ssl.SSLError) as e:
-        raise PeerUnreachable("cannot connect to %s:%s: %s" % (host, port, e)) from None
+        raise PeerUnreachable("cannot connect to %s:%s: %s (is `mycelium serve` running there, "
+                              "and is the address in `mycelium peer list` right?)"
+                              % (host, port, e)) from None
     got = peer_device_id(writer)
     if got != expect_id:
         writer.close()
