@@ -15,7 +15,8 @@ import struct
 import time
 
 from . import clock as clock_mod
-from .change import actor_table, build_change_raw, parse_change, string_table
+from .change import (CHANGE_VERSION, HASH_LEN, _blake, actor_table, parse_change,
+                     string_table)
 from .codec import encode_value, varint, zigzag
 from .core import load_engine
 from .core.batch import (build_batch, build_batch_raw, build_multi, index_map,
@@ -89,6 +90,7 @@ class Node:
             self._me_map = [self.me]
             self._me_enc = index_map(self._me_map)
             self._me_table = actor_table([self.actor])
+            self._change_head = bytes((CHANGE_VERSION,)) + _u64.pack(self.actor)
             self._tables = {}
             self.durable = durable
             self.log = OpLog(os.path.join(data_dir, "log"), durable=durable,
@@ -266,8 +268,9 @@ class Node:
         else:
             atab = actor_table([store.actor_id(i) for i in amap])
         seq = self.seq + 1
-        raw = build_change_raw(self.actor, seq, stamp, b"\x01" + varint(len(kb)) + kb,
-                               ftab, atab, rnops, rops)
+        body = b"".join((self._change_head, varint(seq), varint(stamp),
+                         b"\x01" + varint(len(kb)) + kb, ftab, atab, varint(rnops), rops))
+        raw = body + _blake(body, digest_size=HASH_LEN).digest()
         self.log.append(raw)
         if self.durable:
             self.log.commit()
