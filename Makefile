@@ -31,8 +31,9 @@ dist-modes: venv
 smoke:
 	sh packaging/smoke.sh dist/mycelium
 
-bench-startup:
-	$(PYTHON) -m bench.startup --binary dist/mycelium
+# the records are made with build/venv (it has the agent's dependencies)
+bench-startup: venv
+	$(BUILD_PY) -m bench.startup --binary dist/mycelium
 
 # ---- arm64 / armhf (cross/, qemu/; need root) ----
 dist-arm64:
