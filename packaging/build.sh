@@ -27,6 +27,17 @@ PYTHON=${PYTHON:-$REPO/build/venv/bin/python}
 JOBS=${JOBS:-$(nproc)}
 cd "$REPO"
 
+# what the build needs besides the venv (Debian: apt-get install gcc python3-dev
+# python3-venv patchelf ccache libzstd-dev)
+for t in "${CC:-gcc}" patchelf; do
+  command -v "$t" >/dev/null || { echo "build.sh: no $t (apt-get install gcc patchelf)" >&2; exit 2; }
+done
+if [ "$MODE" = packed ] && ! printf '#include <zstd.h>\n' | "${CC:-gcc}" -E - >/dev/null 2>&1; then
+  echo "build.sh: packed mode needs zstd.h and libzstd.a (apt-get install libzstd-dev)" >&2
+  exit 2
+fi
+command -v ccache >/dev/null || echo "build.sh: no ccache: every build compiles from scratch" >&2
+
 machine=$(uname -m)
 stage=$REPO/build/stage-$machine
 rm -rf "$stage"
