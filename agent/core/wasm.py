@@ -24,6 +24,7 @@ import sys
 from importlib.machinery import PathFinder
 
 from ..errors import CoreError, MalformedChange
+from .locate import bundled_cwasm
 
 __all__ = ["WasmEngine", "WASM_PATH", "cache_dir"]
 
@@ -252,7 +253,8 @@ def _load_module():
     with open(WASM_PATH, "rb") as f:
         wasm = f.read()
     path = _cache_path(wasm)
-    module = _read_cache(a, engine, path)
+    # the user cache, then a copy a packaged binary ships beside the .wasm
+    module = _read_cache(a, engine, path) or _read_cache(a, engine, bundled_cwasm(path))
     if module is None:
         mod = a.ctypes.c_void_p()
         _check(a, a.module_new(engine, wasm, len(wasm), a.ctypes.byref(mod)),

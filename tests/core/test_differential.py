@@ -23,7 +23,8 @@ from agent.core import ops, reference
 from agent.core.batch import build_batch, parse_apply_result, parse_merge_result
 from agent.errors import CoreError, MalformedChange
 
-wasm = pytest.importorskip("agent.core.wasm", reason="no wasmtime library for this platform")
+wasm = pytest.importorskip("agent.core.wasm", reason="no wasmtime library for this platform",
+                           exc_type=ImportError)
 
 EXAMPLES = int(os.environ.get("MYCELIUM_FUZZ_EXAMPLES") or 150)
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, print_blob=True, derandomize=False,

@@ -65,7 +65,7 @@ def test_rebuild_is_byte_identical(tmp_path):
 def test_trimmed_variant_refuses_its_kind(tmp_path, flags, kind):
     if not all(shutil.which(t) for t in ("clang", "wasm-ld", "wasm-opt")):
         pytest.skip("no clang/wasm-ld/wasm-opt to build the variants")
-    wasm = pytest.importorskip("agent.core.wasm")
+    wasm = pytest.importorskip("agent.core.wasm", exc_type=ImportError)
     from agent.core import ops, reference
     from agent.core.batch import build_batch
     from agent.errors import CoreError
@@ -98,7 +98,7 @@ def test_trimmed_variant_refuses_its_kind(tmp_path, flags, kind):
 
 
 def test_cwasm_cache_corrupt_entry_is_rebuilt(tmp_path, monkeypatch):
-    wasm = pytest.importorskip("agent.core.wasm")
+    wasm = pytest.importorskip("agent.core.wasm", exc_type=ImportError)
     from agent.core import reference
     monkeypatch.setenv("MYCELIUM_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(wasm, "_shared", None)
