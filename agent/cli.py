@@ -95,12 +95,12 @@ def _print_record(key, rec, kinds, as_json):
 def _open(args, local_only=False):
     """The data directory's node; when a running `mycelium serve` holds it,
     a stand-in that asks the daemon over its control socket."""
-    from .control import RemoteNode, socket_path
     from .errors import StoreLocked
     from .node import Node
     try:
         return Node(args.data_dir, durable=args.durable)
     except StoreLocked:
+        from .control import RemoteNode, socket_path
         path = socket_path(args.data_dir)
         if local_only or not os.path.exists(path):
             raise
