@@ -5,24 +5,14 @@ import os
 import pytest
 
 from agent import errors
-from agent.core import load_engine
+from agent.core import available_engines, load_engine
 from agent.core.batch import parse_apply_result, parse_merge_result
 from agent.values import decode_record
 
 VECTORS = json.load(open(os.path.join(os.path.dirname(__file__), "vectors", "core.json")))
 
 
-def engines():
-    out = [load_engine("reference")]
-    try:
-        from agent.core.wasm import WasmEngine
-        out.append(WasmEngine())
-    except (ImportError, OSError):
-        pass
-    return out
-
-
-@pytest.fixture(scope="module", params=[e.name for e in engines()])
+@pytest.fixture(scope="module", params=[e.name for e in available_engines()])
 def engine(request):
     e = load_engine(request.param)
     assert e.name == request.param

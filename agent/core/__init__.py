@@ -12,7 +12,7 @@ import os
 
 from . import reference
 
-__all__ = ["load_engine", "ReferenceEngine"]
+__all__ = ["load_engine", "available_engines", "engine_name", "ReferenceEngine"]
 
 
 class ReferenceEngine:
@@ -62,3 +62,15 @@ def engine_name() -> str:
     except (ImportError, ValueError):
         return "reference"
     return "wasm"
+
+
+def available_engines():
+    """Every engine that loads on this machine, reference first (for
+    differential checks: their results must be byte-identical)."""
+    out = [ReferenceEngine()]
+    try:
+        from .wasm import WasmEngine
+        out.append(WasmEngine())
+    except (ImportError, OSError):
+        pass
+    return out

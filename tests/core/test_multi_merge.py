@@ -6,7 +6,7 @@ import struct
 import pytest
 from hypothesis import given, settings, strategies as st, HealthCheck
 
-from agent.core import load_engine, ops as O, reference as R
+from agent.core import available_engines, ops as O, reference as R
 from agent.core.batch import build_batch, build_multi, parse_apply_result, parse_merge_result
 from agent.errors import MalformedChange, CoreError
 
@@ -15,17 +15,7 @@ FMAP = [0, 1, 2, 3]
 TABLE = b"".join(struct.pack("<Q", 0x51 + 977 * i) for i in range(4))
 
 
-def engines():
-    out = [load_engine("reference")]
-    try:
-        from agent.core.wasm import WasmEngine
-        out.append(WasmEngine())
-    except (ImportError, OSError):
-        pass
-    return out
-
-
-ENGINES = engines()
+ENGINES = available_engines()
 
 op = st.tuples(st.integers(0, 3), st.integers(0, KEYS - 1), st.integers(0, 5),
                st.sampled_from(["x", "y", "z"]), st.integers(-2, 3))
