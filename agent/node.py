@@ -134,9 +134,10 @@ class Node:
 
     def get(self, key: str, with_kinds: bool = False):
         """The record's fields as a dict, or None if absent or deleted."""
-        self._ops += 1
-        if self._ops >= TRIM_CHECK_EVERY:
-            self._check_memory()
+        if self.rss_budget:
+            self._ops += 1
+            if self._ops >= TRIM_CHECK_EVERY:
+                self._check_memory()
         try:
             blob = self.store.load(key)
         except BlobCorrupt as e:

@@ -52,6 +52,10 @@ class KeyIndex:
 
     def find(self, kb: bytes) -> int:
         """Key id of kb, or -1."""
+        return self.find_entry(kb)[0]
+
+    def find_entry(self, kb: bytes):
+        """(key id, size class, slot) of kb; (-1, NO_CLASS, 0) if absent."""
         h = _crc(kb)
         mask = self.mask
         i = h & mask
@@ -61,12 +65,12 @@ class KeyIndex:
         while True:
             e = unpack(hm, i << 3)[0]
             if e == 0:
-                return -1
+                return -1, NO_CLASS, 0
             if e >> 32 == h:
                 kid = (e & 0xFFFFFFFF) - 1
-                off, ln, _, _, _ = ENTRY.unpack_from(tm, 16 + kid * ESIZE)
+                off, ln, cls, _, slot = ENTRY.unpack_from(tm, 16 + kid * ESIZE)
                 if ln == len(kb) and self.heap.mm[off + 2:off + 2 + ln] == kb:
-                    return kid
+                    return kid, cls, slot
             i = (i + 1) & mask
 
     def location(self, kid: int):

@@ -247,10 +247,10 @@ class Store:
 
     def load(self, key: str):
         """The blob of key, or None. Raises BlobCorrupt on a bad checksum."""
-        kid = self.keys.find(key.encode("utf-8"))
+        kid, cls, slot = self.keys.find_entry(key.encode("utf-8"))
         if kid < 0:
             return None
-        return self.load_id(kid, key)
+        return self._slot_blob(kid, cls, slot, key)
 
     def load_id(self, kid: int, key=None):
         _, _, cls, _, slot = _entry_unpack(self.keys.tab.mm, 16 + kid * 12)
