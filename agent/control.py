@@ -86,8 +86,12 @@ class ControlServer:
         import asyncio  # here, not at the top: the CLI's client side must stay light
         if os.path.exists(self.path):
             os.unlink(self.path)  # we hold the store lock: nobody else serves it
-        self.server = await asyncio.start_unix_server(self._client, self.path, limit=MAX_LINE)
-        os.chmod(self.path, 0o600)
+        old = os.umask(0o177)  # the socket is born owner-only, no window before a chmod
+        try:
+            self.server = await asyncio.start_unix_server(self._client, self.path,
+                                                          limit=MAX_LINE)
+        finally:
+            os.umask(old)
 
     async def close(self):
         if self.server is not None:

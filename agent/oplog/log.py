@@ -145,8 +145,15 @@ class OpLog:
         with self._sync_lock:
             if self.synced >= target:  # another thread's fsync covered us
                 return
-            upto = self.written
-            os.fdatasync(self.fd)
+            with self._lock:  # a segment roll must not close the fd under us
+                upto = self.written
+                fd = os.dup(self.fd) if self.fd >= 0 else -1
+            if fd < 0:
+                return
+            try:
+                os.fdatasync(fd)  # outside _lock: writers go on meanwhile
+            finally:
+                os.close(fd)
             self.synced = upto
 
     def end(self):
