@@ -332,21 +332,43 @@ class _Batch:
     __slots__ = ("ids", "fmap", "amap", "recs", "buf", "pos", "nops")
 
 
+def _read_ids(data, p):
+    """The store's actor table (u64 ids) at p."""
+    n, p = get_varint(data, p)
+    if p + 8 * n > len(data):
+        raise MalformedChange("actor table runs past the end")
+    return [_u64s.unpack_from(data, p + 8 * i)[0] for i in range(n)], p + 8 * n
+
+
+def _read_recs(data, p):
+    """The decoded record blobs at p."""
+    n, p = get_varint(data, p)
+    recs = []
+    for _ in range(n):
+        ln, p = get_varint(data, p)
+        if p + ln > len(data):
+            raise MalformedChange("record blob runs past the end")
+        recs.append(decode_blob(data[p:p + ln]))
+        p += ln
+    return recs, p
+
+
+def _put_result(out, max_h, recs):
+    """The part every result starts with: max stamp, then the blobs."""
+    put_varint(out, max_h)
+    put_varint(out, len(recs))
+    for r in recs:
+        blob = encode_blob(r)
+        put_varint(out, len(blob))
+        out += blob
+
+
 def _read_batch(data) -> _Batch:
     b = _Batch()
     if not data or data[0] != BATCH_VERSION:
         raise MalformedChange("batch version is not supported")
-    p = 1
-    n, p = get_varint(data, p)
-    if p + 8 * n > len(data):
-        raise MalformedChange("actor table runs past the end")
-    b.ids = [_u64s.unpack_from(data, p + 8 * i)[0] for i in range(n)]
-    p += 8 * n
-    n, p = get_varint(data, p)
-    b.fmap = []
-    for _ in range(n):
-        x, p = get_varint(data, p)
-        b.fmap.append(x)
+    b.ids, p = _read_ids(data, 1)
+    b.fmap, p = _list(data, p)
     n, p = get_varint(data, p)
     b.amap = []
     for _ in range(n):
@@ -354,14 +376,7 @@ def _read_batch(data) -> _Batch:
         if x >= len(b.ids):
             raise MalformedChange("actor map points outside the actor table")
         b.amap.append(x)
-    n, p = get_varint(data, p)
-    b.recs = []
-    for _ in range(n):
-        ln, p = get_varint(data, p)
-        if p + ln > len(data):
-            raise MalformedChange("record blob runs past the end")
-        b.recs.append(decode_blob(data[p:p + ln]))
-        p += ln
+    b.recs, p = _read_recs(data, p)
     b.nops, p = get_varint(data, p)
     b.buf = data
     b.pos = p
@@ -522,12 +537,7 @@ def _run(data, local: bool):
     recs = b.recs
     max_h = _ops(b.buf, b.pos, b.nops, recs, None, b.fmap, amap, b.ids, local, out_ops)
     out = bytearray()
-    put_varint(out, max_h)
-    put_varint(out, len(recs))
-    for r in recs:
-        blob = encode_blob(r)
-        put_varint(out, len(blob))
-        out += blob
+    _put_result(out, max_h, recs)
     if local:
         put_varint(out, len(amap))
         for a in amap:
@@ -548,20 +558,8 @@ def _list(data, p):
 
 def _run_v2(data):
     """Batch version 2: many changes' ops over shared records, one call."""
-    p = 1
-    n, p = get_varint(data, p)
-    if p + 8 * n > len(data):
-        raise MalformedChange("actor table runs past the end")
-    ids = [_u64s.unpack_from(data, p + 8 * i)[0] for i in range(n)]
-    p += 8 * n
-    n, p = get_varint(data, p)
-    recs = []
-    for _ in range(n):
-        ln, p = get_varint(data, p)
-        if p + ln > len(data):
-            raise MalformedChange("record blob runs past the end")
-        recs.append(decode_blob(data[p:p + ln]))
-        p += ln
+    ids, p = _read_ids(data, 1)
+    recs, p = _read_recs(data, p)
     nsec, p = get_varint(data, p)
     max_h = 0
     for _ in range(nsec):
@@ -582,12 +580,7 @@ def _run_v2(data):
     if p != len(data):
         raise MalformedChange("trailing bytes after the last section")
     out = bytearray()
-    put_varint(out, max_h)
-    put_varint(out, len(recs))
-    for r in recs:
-        blob = encode_blob(r)
-        put_varint(out, len(blob))
-        out += blob
+    _put_result(out, max_h, recs)
     return bytes(out)
 
 
