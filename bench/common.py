@@ -98,3 +98,12 @@ def run_json(argv):
     out = subprocess.run([sys.executable, "-m"] + argv, cwd=REPO, env=env,
                          check=True, stdout=subprocess.PIPE).stdout
     return json.loads(out)
+
+
+def peer(fn, *a):
+    """Run a peer's measurement: (times, update bytes), or a message saying
+    why the peer was skipped (its package is a bench-only dependency)."""
+    try:
+        return fn(*a)
+    except ImportError as e:
+        return "%s skipped: %s (pip install -r bench/requirements.txt)" % (fn.__name__[:-5], e)

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import time
 
-from bench.common import emit, fig, median, parse_args
+from bench.common import peer, emit, fig, median, parse_args
 
 FIELDS = ("name", "score", "n", "site", "active")
 clock = time.perf_counter
@@ -123,14 +123,6 @@ def pycrdt_peer(n, runs):
         times.append(clock() - t)
     assert b.get("records", type=Map)["user-000001"]["name"] == "renamed-000001"
     return times, len(update)
-
-
-def peer(fn, *a):
-    """(times, update bytes), or a message saying why the peer was skipped."""
-    try:
-        return fn(*a)
-    except ImportError as e:
-        return "%s skipped: %s (pip install -r bench/requirements.txt)" % (fn.__name__[:-5], e)
 
 
 def wasm_gz_size():

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 
-from bench.common import REPO, emit, fig, median, parse_args, records, rows
+from bench.common import peer, REPO, emit, fig, median, parse_args, records, rows
 
 clock = time.perf_counter
 
@@ -107,13 +107,6 @@ def pycrdt_peer(n, runs):
         times.append(clock() - t)
     assert len(b.get("records", type=Map)) == n
     return times, len(update)
-
-
-def peer(fn, *a):
-    try:
-        return fn(*a)
-    except ImportError as e:
-        return "%s skipped: %s (pip install -r bench/requirements.txt)" % (fn.__name__[:-5], e)
 
 
 def main():
