@@ -17,8 +17,9 @@ import time
 from . import clock as clock_mod
 from .change import (CHANGE_VERSION, HASH_LEN, _blake, actor_table, parse_change,
                      string_table)
-from .codec import encode_value, varint, zigzag
+from .codec import varint
 from .core import load_engine
+from .core import ops as O
 from .core.batch import (build_batch, build_batch_raw, build_multi, index_map,
                          parse_apply_result,
                          parse_merge_result)
@@ -31,6 +32,7 @@ from .values import Inc, MV, Add, Remove, decode_record, is_visible
 __all__ = ["Node", "default_data_dir"]
 
 CHECKPOINT_EVERY = 50_000
+Z = b"\x00"  # key index 0 and actor index 0 of a local change: its one key, this device
 TRIM_CHECK_EVERY = 2048
 # 0: off. Trimming trades read latency (pages fault back in) for a bounded
 # RSS; 100K records and the core fit in 35 MB without it. Set
@@ -206,20 +208,20 @@ class Node:
                 t = type(v)
                 fb = varint(fi)
                 if t is Inc:
-                    parts.append(b"\x00\x82" + fb + b"\x00" + varint(zigzag(v.delta)))
+                    parts.append(O.inc_op(Z, fb, Z, v.delta))
                 elif t is MV:
-                    parts.append(b"\x00\x83" + fb + sb + b"\x00" + encode_value(v.value))
+                    parts.append(O.mv_write_op(Z, fb, sb, Z, v.value))
                 elif t is Add:
                     for x in v.values:
-                        parts.append(b"\x00\x04" + fb + sb + b"\x00" + encode_value(x))
+                        parts.append(O.set_add_op(Z, fb, sb, Z, x))
                     visible = visible or bool(v.values)
                     continue
                 elif t is Remove:
                     for x in v.values:
-                        parts.append(b"\x00\x85" + fb + encode_value(x))
+                        parts.append(O.set_remove_op(Z, fb, x))
                     continue
                 else:
-                    parts.append(b"\x00\x01" + fb + sb + b"\x00" + encode_value(v))
+                    parts.append(O.lww_op(Z, fb, sb, Z, v))
                 visible = True
         except ValueError as e:
             raise UsageError("field %r: %s" % (name, e)) from None
@@ -237,7 +239,7 @@ class Node:
             return False
         stamp = self.clock.now()
         self._commit_local(key, key.encode("utf-8"), kid, blob, stamp, b"\x00", b"\x00", 1,
-                           b"\x00\x06" + varint(stamp), False)
+                           O.delete_op(Z, varint(stamp)), False)
         return True
 
     def _check_kinds(self, key, blob, fields):

@@ -1,34 +1,58 @@
-"""Encoders for ops (docs/FORMAT.md, "Op"): what a node writes into a batch."""
-from ..codec import encode_value, put_varint, zigzag
+"""Encoders for ops (docs/FORMAT.md, "Op"): what a node writes into a batch.
+
+The `*_op` functions take the indexes and stamp already varint-encoded and
+return the op's bytes: the write path encodes a put's stamp and indexes once
+and calls these per field. The bytearray forms below are for everything else.
+"""
+from ..codec import encode_value, varint, zigzag
 
 OP_LWW, OP_CTR, OP_MV, OP_ADD, OP_REM, OP_DEL = 1, 2, 3, 4, 5, 6
 OP_INC, OP_MVW, OP_RMV = 0x82, 0x83, 0x85
 
 
+def lww_op(k: bytes, f: bytes, stamp: bytes, a: bytes, value) -> bytes:
+    return k + b"\x01" + f + stamp + a + encode_value(value)
+
+
+def inc_op(k: bytes, f: bytes, a: bytes, delta: int) -> bytes:
+    return k + b"\x82" + f + a + varint(zigzag(delta))
+
+
+def mv_write_op(k: bytes, f: bytes, stamp: bytes, a: bytes, value) -> bytes:
+    return k + b"\x83" + f + stamp + a + encode_value(value)
+
+
+def set_add_op(k: bytes, f: bytes, stamp: bytes, a: bytes, value) -> bytes:
+    return k + b"\x04" + f + stamp + a + encode_value(value)
+
+
+def set_remove_op(k: bytes, f: bytes, value) -> bytes:
+    return k + b"\x85" + f + encode_value(value)
+
+
+def delete_op(k: bytes, stamp: bytes) -> bytes:
+    return k + b"\x06" + stamp
+
+
 def lww(out, key, field, stamp, actor, value):
-    put_varint(out, key); out.append(OP_LWW); put_varint(out, field)
-    put_varint(out, stamp); put_varint(out, actor); out += encode_value(value)
+    out += lww_op(varint(key), varint(field), varint(stamp), varint(actor), value)
 
 
 def inc(out, key, field, actor, delta):
-    put_varint(out, key); out.append(OP_INC); put_varint(out, field)
-    put_varint(out, actor); put_varint(out, zigzag(delta))
+    out += inc_op(varint(key), varint(field), varint(actor), delta)
 
 
 def mv_write(out, key, field, stamp, actor, value):
-    put_varint(out, key); out.append(OP_MVW); put_varint(out, field)
-    put_varint(out, stamp); put_varint(out, actor); out += encode_value(value)
+    out += mv_write_op(varint(key), varint(field), varint(stamp), varint(actor), value)
 
 
 def set_add(out, key, field, stamp, actor, value):
-    put_varint(out, key); out.append(OP_ADD); put_varint(out, field)
-    put_varint(out, stamp); put_varint(out, actor); out += encode_value(value)
+    out += set_add_op(varint(key), varint(field), varint(stamp), varint(actor), value)
 
 
 def set_remove(out, key, field, value):
-    put_varint(out, key); out.append(OP_RMV); put_varint(out, field)
-    out += encode_value(value)
+    out += set_remove_op(varint(key), varint(field), value)
 
 
 def delete(out, key, stamp):
-    put_varint(out, key); out.append(OP_DEL); put_varint(out, stamp)
+    out += delete_op(varint(key), varint(stamp))
