@@ -3,15 +3,23 @@
 A change is a batch of ops from one actor with its own tables of keys, field
 names and actor ids, so it means the same on every device. Its id is the
 blake2b-128 hash of its bytes, which it also carries at its end.
+
+Version 2 carries `prev`, the seq of its actor's previous change (as a skip
+count: seq - 1 - prev). Seqs of one actor rise but need not be contiguous:
+after a crash a device skips past the seqs it had reserved, so it never
+issues one twice, and `prev` tells a receiver that nothing lies between.
+Version 1 (read only) has no skip: its prev is seq - 1.
 """
 import struct
 
 from .codec import get_varint, put_varint, varint
 from .errors import MalformedChange
 
-__all__ = ["CHANGE_VERSION", "Change", "build_change", "parse_change", "HASH_LEN"]
+__all__ = ["CHANGE_VERSION", "Change", "build_change", "build_change_raw", "parse_change",
+           "change_head", "HASH_LEN"]
 
-CHANGE_VERSION = 1
+CHANGE_VERSION = 2
+READ_VERSIONS = (1, 2)
 HASH_LEN = 16
 MAX_CHANGE = 16 * 1024 * 1024
 _u64 = struct.Struct("<Q")
@@ -22,11 +30,12 @@ except ImportError:  # pragma: no cover
 
 
 class Change:
-    __slots__ = ("actor", "seq", "hlc", "keys", "fields", "actors",
+    __slots__ = ("actor", "seq", "prev", "hlc", "keys", "fields", "actors",
                  "nops", "ops", "raw", "hash")
 
     def __repr__(self):
-        return "Change(actor=%016x seq=%d ops=%d)" % (self.actor, self.seq, self.nops)
+        return "Change(actor=%016x seq=%d prev=%d ops=%d)" % (self.actor, self.seq, self.prev,
+                                                              self.nops)
 
 
 def string_table(strings) -> bytes:
@@ -45,19 +54,42 @@ def actor_table(actors) -> bytes:
 
 
 def build_change(actor: int, seq: int, hlc: int, keys, fields, actors,
-                 nops: int, ops) -> bytes:
-    """keys and fields are lists of str; actors a list of 64-bit ids."""
-    return build_change_raw(actor, seq, hlc, string_table(keys), string_table(fields),
-                            actor_table(actors), nops, ops)
+                 nops: int, ops, prev: int = None) -> bytes:
+    """keys and fields are lists of str; actors a list of 64-bit ids; prev
+    the seq of the actor's previous change (default seq - 1)."""
+    return build_change_raw(_u64.pack(actor), seq, seq - 1 if prev is None else prev, hlc,
+                            string_table(keys), string_table(fields), actor_table(actors),
+                            nops, ops)
 
 
-def build_change_raw(actor: int, seq: int, hlc: int, keys_t: bytes, fields_t: bytes,
-                     actors_t: bytes, nops: int, ops) -> bytes:
-    """As build_change, with the tables already encoded (the write path
-    caches them)."""
-    body = b"".join((b"\x01", _u64.pack(actor), varint(seq), varint(hlc), keys_t, fields_t,
-                     actors_t, varint(nops), ops))
+_V2 = bytes((CHANGE_VERSION,))
+
+
+def build_change_raw(actor_b: bytes, seq: int, prev: int, hlc: int, keys_t: bytes,
+                     fields_t: bytes, actors_t: bytes, nops: int, ops) -> bytes:
+    """As build_change, with the actor id (u64 bytes) and the tables already
+    encoded (the write path caches them)."""
+    if not 0 <= prev < seq:
+        raise ValueError("prev %d must be below seq %d" % (prev, seq))
+    body = b"".join((_V2, actor_b, varint(seq), varint(seq - 1 - prev), varint(hlc), keys_t,
+                     fields_t, actors_t, varint(nops), ops))
     return body + _blake(body, digest_size=HASH_LEN).digest()
+
+
+def change_head(raw):
+    """(actor, seq, prev, hlc) of a change's bytes without the full parse."""
+    v = raw[0]
+    if v not in READ_VERSIONS or len(raw) < 10:
+        raise MalformedChange("not a change (version %d)" % v)
+    actor = _u64.unpack_from(raw, 1)[0]
+    seq, p = get_varint(raw, 9)
+    skip = 0
+    if v == 2:
+        skip, p = get_varint(raw, p)
+    hlc, _ = get_varint(raw, p)
+    if skip >= seq:
+        raise MalformedChange("change skips below seq 1")
+    return actor, seq, seq - 1 - skip, hlc
 
 
 def _strings(buf, p, what):
@@ -113,9 +145,9 @@ def parse_change(raw, check_hash: bool = True) -> Change:
         raise MalformedChange("change is too short (%d bytes)" % len(raw))
     if len(raw) > MAX_CHANGE:
         raise MalformedChange("change is larger than %d bytes" % MAX_CHANGE)
-    if raw[0] != CHANGE_VERSION:
-        raise MalformedChange("change version %d is not supported (this build reads %d)"
-                              % (raw[0], CHANGE_VERSION))
+    if raw[0] not in READ_VERSIONS:
+        raise MalformedChange("change version %d is not supported (this build reads %s)"
+                              % (raw[0], " and ".join(map(str, READ_VERSIONS))))
     body = memoryview(raw)[:-HASH_LEN]
     digest = raw[-HASH_LEN:]
     if check_hash and _blake(body, digest_size=HASH_LEN).digest() != digest:
@@ -128,6 +160,10 @@ def parse_change(raw, check_hash: bool = True) -> Change:
         raise MalformedChange("change actor id is zero")
     p = 9
     c.seq, p = get_varint(body, p)
+    skip = 0
+    if raw[0] == 2:
+        skip, p = get_varint(body, p)
+    c.prev = c.seq - 1 - skip
     c.hlc, p = get_varint(body, p)
     c.keys, p = _strings(body, p, "key")
     c.fields, p = _field_table(body, p)
@@ -138,6 +174,6 @@ def parse_change(raw, check_hash: bool = True) -> Change:
     p += 8 * n
     c.nops, p = get_varint(body, p)
     c.ops = body[p:]
-    if c.seq == 0:
-        raise MalformedChange("change sequence number is zero")
+    if c.seq == 0 or c.prev < 0:
+        raise MalformedChange("change sequence number is zero or skips below 1")
     return c

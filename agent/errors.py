@@ -2,10 +2,12 @@
 
 AgentError
   UsageError            bad input from the user (CLI, API arguments)
-  StoreError            local storage faults
-    StoreCorrupt        a file failed its checksum and could not be repaired
-    StoreLocked         another process holds the data directory
+  StoreError            local storage faults (exit 3)
+    StoreCorrupt        a file failed its checksum and could not be repaired (exit 10)
+    StoreLocked         another process holds the data directory (exit 4)
     RecordTooLarge      a record outgrew the largest size class
+    DiskFull            ENOSPC / EDQUOT: nothing was written; free space and retry (exit 8)
+    DiskFault           EIO and other device errors: the storage medium is failing (exit 3)
   LogError              op-log faults (local)
   CoreError             the CRDT engine failed (trap, exhausted fuel, bad blob)
   RemoteError           bad input from a peer or a file from elsewhere
@@ -17,7 +19,7 @@ AgentError
 
 __all__ = [
     "AgentError", "UsageError", "StoreError", "StoreCorrupt", "StoreLocked",
-    "RecordTooLarge", "LogError", "CoreError", "RemoteError", "MalformedChange",
+    "RecordTooLarge", "DiskFull", "DiskFault", "LogError", "CoreError", "RemoteError", "MalformedChange",
     "ClockSkewError", "ChangeGap", "SyncError",
 ]
 
@@ -36,7 +38,7 @@ class StoreError(AgentError):
 
 
 class StoreCorrupt(StoreError):
-    pass
+    exit_code = 10
 
 
 class StoreLocked(StoreError):
@@ -45,6 +47,15 @@ class StoreLocked(StoreError):
 
 class RecordTooLarge(StoreError):
     pass
+
+
+class DiskFull(StoreError):
+    """No space left (ENOSPC, EDQUOT). The operation left nothing behind."""
+    exit_code = 8
+
+
+class DiskFault(StoreError):
+    """The device reported an I/O error (EIO) or another fault."""
 
 
 class LogError(AgentError):

@@ -4,34 +4,45 @@
         n.put("user:1", {"name": "Ada", "visits": Inc(1)})
         n.get("user:1")        # {'name': 'Ada', 'visits': 1}
 
-Local write: clock -> engine.apply -> op log (the ack) -> store.
-Remote change: parse -> skew check -> engine.merge (one call per change)
-               -> op log -> store.
+Local write: check -> clock -> engine.apply -> reserve seq and room ->
+             op log (the ack) -> store. A write refused at any step before
+             the log leaves no trace; once the log holds it, it is acked.
+Remote change: parse -> held already? -> skew check -> engine.merge (one
+               call per group) -> room -> op log -> store.
 Read: store -> decode in Python; the engine is never loaded for reads.
+
+The store is a cache of the op log. A record that fails its checksum is
+rebuilt from the log; a store whose structure is damaged is moved aside to
+`store.damaged` and rebuilt whole (`events` says so). A read-only node
+(readonly=True: get, scan, stats) writes nothing: it repairs in memory.
 """
-import json
 import os
+import shutil
 import struct
-import time
 
 from . import clock as clock_mod
-from .change import (CHANGE_VERSION, HASH_LEN, _blake, actor_table, parse_change,
-                     string_table)
+from . import fs
+from .change import actor_table, build_change_raw, change_head, parse_change, string_table
 from .codec import varint
 from .core import load_engine
 from .core import ops as O
 from .core.batch import (build_batch, build_batch_raw, build_multi, index_map,
-                         parse_apply_result,
-                         parse_merge_result)
-from .errors import (UsageError, StoreError, ClockSkewError, ChangeGap, CoreError,
-                     MalformedChange)
+                         parse_apply_result, parse_merge_result)
+from .errors import (UsageError, StoreCorrupt, ClockSkewError, CoreError, MalformedChange,
+                     AgentError)
+from .identity import init_identity, read_identity
 from .oplog.log import OpLog
+from .reserve import Reserve, SEQ_STEP
 from .store import Store, BlobCorrupt
+from .store.mapped import PRIVATE, READ
+from .store.store import boot_id
 from .values import Inc, MV, Add, Remove, decode_record, is_visible
+from .vector import Known
 
-__all__ = ["Node", "default_data_dir"]
+__all__ = ["Node", "default_data_dir", "init_identity", "read_identity"]
 
 CHECKPOINT_EVERY = 50_000
+REPLAY_GROUP = 1000
 Z = b"\x00"  # key index 0 and actor index 0 of a local change: its one key, this device
 TRIM_CHECK_EVERY = 2048
 # 0: off. Trimming trades read latency (pages fault back in) for a bounded
@@ -47,82 +58,180 @@ def default_data_dir() -> str:
     return os.path.join(base, "mycelium")
 
 
-def init_identity(data_dir: str) -> dict:
-    """Create a data directory with a fresh actor id (idempotent)."""
-    os.makedirs(data_dir, exist_ok=True)
-    path = os.path.join(data_dir, "identity.json")
-    if os.path.exists(path):
-        return read_identity(data_dir)
-    ident = {"version": 1, "actor": "%016x" % (int.from_bytes(os.urandom(8), "little") | 1),
-             "created": int(time.time())}
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(ident, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return ident
-
-
-def read_identity(data_dir: str) -> dict:
-    path = os.path.join(data_dir, "identity.json")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise UsageError("%s is not a Mycelium data directory; run `mycelium init` "
-                         "(or pass --data-dir)" % data_dir) from None
-    except ValueError:
-        raise StoreError("%s is damaged; restore it from a backup" % path) from None
-
-
 class Node:
     def __init__(self, data_dir: str, durable: bool = False, engine=None,
                  max_skew_ms: int = clock_mod.DEFAULT_MAX_SKEW_MS,
-                 flush_interval_ms: int = 100, rss_budget_mb=None):
+                 flush_interval_ms: int = 100, rss_budget_mb=None, readonly: bool = False):
         self.data_dir = data_dir
-        ident = read_identity(data_dir)
-        self.actor = int(ident["actor"], 16)
+        self.readonly = readonly
+        self.durable = durable
         self._engine = engine
         self._closed = True
-        self.store = Store(os.path.join(data_dir, "store"))
-        try:
-            meta = self.store.meta
-            self.seq = meta.get("seq", 0)
-            self.vv = {int(a, 16): s for a, s in meta.get("vv", {}).items()}
-            self.clock = clock_mod.HLC(self.actor, meta.get("clock", 0), max_skew_ms)
-            self.me = self.store.actor_index(self.actor)
-            self._me_map = [self.me]
-            self._me_enc = index_map(self._me_map)
-            self._me_table = actor_table([self.actor])
-            self._change_head = bytes((CHANGE_VERSION,)) + _u64.pack(self.actor)
-            self._tables = {}
-            self.durable = durable
-            self.log = OpLog(os.path.join(data_dir, "log"), durable=durable,
-                             interval_ms=flush_interval_ms)
-            tail = self.log.recover(tuple(meta.get("log", (0, 0))))
-        except BaseException:
-            self.store.close()
-            raise
-        self._closed = False
+        self.events = []        # what this open found and did: damage, repairs, rebuilds
+        self.incomplete = None  # why records may lack changes (the CLI exits non-zero)
+        self._holes_pending = False
+        self._repaired = {}     # read-only, READ mode: key id -> blob rebuilt from the log
         self._since_checkpoint = 0
         self._ops = 0
+        self.trims = 0
+        self.replayed = 0
+        self._tables = {}
+        self.actor = int(read_identity(data_dir)["actor"], 16)
+        self._actor_b = _u64.pack(self.actor)
+        self.reserve = self._open_reserve()
+        self.log = OpLog(os.path.join(data_dir, "log"), durable=durable,
+                         interval_ms=flush_interval_ms, readonly=readonly)
+        self.log.on_damage = self._log_damage
+        self.store = None
+        try:
+            self._open(max_skew_ms)
+        except BaseException:
+            if self.store is not None:
+                self.store._release()
+            self.log.close()
+            raise
+        self.me = self.store.actor_index(self.actor)
+        self._me_map = [self.me]
+        self._me_enc = index_map(self._me_map)
+        self._me_table = actor_table([self.actor])
+        self._closed = False
         budget = rss_budget_mb if rss_budget_mb is not None else float(
             os.environ.get("MYCELIUM_RSS_BUDGET_MB", DEFAULT_RSS_BUDGET_MB))
         self.rss_budget = int(budget * 1024 * 1024)
-        self.trims = 0
-        self.replayed = len(tail)
-        for i in range(0, len(tail), 1000):
-            self._merge_group([parse_change(raw) for _, raw in tail[i:i + 1000]], replay=True)
-        if self.store.damaged:
-            self.repair(self.store.damaged)
 
     @classmethod
     def open(cls, data_dir=None, create=True, **kw):
         data_dir = data_dir or default_data_dir()
-        if create:
+        if create and not kw.get("readonly"):
             init_identity(data_dir)
         return cls(data_dir, **kw)
+
+    # -- opening
+
+    def _open_reserve(self):
+        try:
+            return Reserve(self.data_dir, self.actor, writable=not self.readonly)
+        except StoreCorrupt as e:
+            if self.readonly:
+                raise
+            # Rebuilt from the log below, far above anything it could have held.
+            self.events.append("%s; it is rebuilt from the op log with a wide margin" % e)
+            os.replace(os.path.join(self.data_dir, "reserve"),
+                       os.path.join(self.data_dir, "reserve.damaged"))
+            r = Reserve(self.data_dir, self.actor)
+            r.seq = -1  # marks: recompute after the replay
+            return r
+
+    def _open(self, max_skew_ms):
+        sdir = os.path.join(self.data_dir, "store")
+        try:
+            self.store = Store(sdir, readonly=self.readonly)
+        except StoreCorrupt as e:
+            self.clock = clock_mod.HLC(self.actor, self.reserve.clock, max_skew_ms)
+            self._rebuild(sdir, str(e))
+            return
+        meta = self.store.meta
+        self.known = Known.from_json(meta)
+        self.seq = max(meta.get("seq", 0), self.reserve.seq)
+        self.clock = clock_mod.HLC(self.actor, max(meta.get("clock", 0), self.reserve.clock),
+                                   max_skew_ms)
+        self.incomplete = meta.get("incomplete")
+        start = tuple(meta.get("log", (0, 0)))
+        power_cut = not self.store.was_clean and self.store.last_boot() != boot_id()
+        if not self.readonly:
+            tail = self.log.recover(start)
+        elif self.store.mode == PRIVATE:  # dirty, no writer: recover in memory
+            tail = list(self.log.read(start))
+        else:
+            tail = []
+        hits = self.log.hits
+        self._replay(payload for _, payload in tail)
+        if self.log.hits > hits and power_cut:
+            self._mark_incomplete("the op log was damaged after a power cut: changes written "
+                                  "after the last checkpoint may be missing")
+        if self.log.hits > hits or self.log.damage:
+            self._holes_pending = True
+        if self.store.damaged:
+            self.repair(self.store.damaged)
+        self._settle_seq()
+
+    def _rebuild(self, sdir, reason):
+        """The store's structure is damaged (or from an older build): start a
+        new one and replay the whole op log into it. A writer keeps the old
+        files in store.damaged; a read-only process rebuilds in memory."""
+        self.known = Known()
+        self.seq = max(self.reserve.seq, 0)
+        if self.readonly:
+            self.store = Store(sdir, memory=True)
+            self.events.append("%s: answering from a copy rebuilt in memory from the op log; "
+                               "run `mycelium repair` to rebuild it on disk" % reason)
+        else:
+            aside = sdir + ".damaged"
+            try:
+                if os.path.exists(aside):
+                    shutil.rmtree(aside)
+                if os.path.exists(sdir):
+                    fs.rename(sdir, aside)
+                    fs.fsync_dir(self.data_dir)
+            except OSError as e:
+                raise fs.error(e, "move the damaged store aside to", aside) from None
+            self.store = Store(sdir)
+            self.log.recover((0, 0), collect=False)
+            self.events.append("%s: rebuilt the store from the op log (the damaged files are in "
+                               "%s)" % (reason, aside))
+        hits = self.log.hits
+        group = []
+        for _, payload in self.log.read():
+            group.append(payload)
+            if len(group) >= REPLAY_GROUP:
+                self._replay(group)
+                group = []
+        self._replay(group)
+        if self.log.hits > hits:
+            self._mark_incomplete("the store was rebuilt from an op log with damaged entries: "
+                                  "records may miss the changes in them")
+        self._holes_pending = bool(self.log.damage)
+        self._settle_seq()
+        if not self.readonly:
+            self.checkpoint()
+
+    def _replay(self, payloads) -> None:
+        """Merge changes read back from our own log (a crash's tail, a
+        rebuild). Entries the log could not parse are skipped and reported."""
+        group = []
+        for raw in payloads:
+            self.replayed += 1
+            try:
+                group.append(parse_change(raw))
+            except MalformedChange as e:
+                self.events.append("a log entry does not parse (%s); skipped" % e)
+                continue
+            if len(group) >= REPLAY_GROUP:
+                self._merge_group(group, replay=True)
+                group = []
+        if group:
+            self._merge_group(group, replay=True)
+
+    def _settle_seq(self):
+        own = self.known.vv.get(self.actor, 0)
+        if self.reserve.seq < 0:  # the reserve was damaged: leap far past the log
+            self.seq = own + 100 * SEQ_STEP
+            self.clock.last += 3600_000 << 16
+            if not self.readonly:
+                self.reserve.need_seq(self.seq)
+                self.reserve.need_clock(self.clock.last)
+        self.seq = max(self.seq, own)
+
+    def _log_damage(self, path, start, end):
+        self.events.append("%s: %d damaged bytes at offset %d were skipped; the changes in them "
+                           "are fetched again from peers" % (path, end - start, start))
+        self._holes_pending = True
+
+    def _mark_incomplete(self, why):
+        self.incomplete = why
+        self.events.append(why + "; fetch them again from a peer (`mycelium serve` or "
+                           "`mycelium sync PEER`), or accept the loss with "
+                           "`mycelium repair --accept-loss`")
 
     # -- engine (loaded on first write or merge, never for reads)
 
@@ -132,34 +241,54 @@ class Node:
             self._engine = load_engine()
         return self._engine
 
+    @property
+    def vv(self) -> dict:
+        return self.known.vv
+
     # -- reads
+
+    def _decode(self, blob, with_kinds):
+        try:
+            return decode_record(blob, self.store.field_names, with_kinds)
+        except IndexError:  # a name interned by a writer after we opened
+            self.store.refresh_names()
+            return decode_record(blob, self.store.field_names, with_kinds)
+
+    def _blob(self, key, kid=None):
+        """The record's blob (None if absent); rebuilt from the log if it
+        failed its checksum."""
+        try:
+            if kid is None:
+                return self.store.load(key)
+            return self.store.load_id(kid, key)
+        except BlobCorrupt as e:
+            got = self._repaired.get(e.kid)
+            if got is None:
+                self.repair({e.kid})
+                got = self._repaired.get(e.kid)
+            if got is None:
+                return self.store.load(key) if kid is None else self.store.load_id(kid, key)
+            return got or None
 
     def get(self, key: str, with_kinds: bool = False):
         """The record's fields as a dict, or None if absent or deleted."""
+        if type(key) is not str:
+            raise UsageError("a key is a string, not %s" % type(key).__name__)
         if self.rss_budget:
             self._ops += 1
             if self._ops >= TRIM_CHECK_EVERY:
                 self._check_memory()
-        try:
-            blob = self.store.load(key)
-        except BlobCorrupt as e:
-            self.repair({e.kid})
-            blob = self.store.load(key)
+        blob = self._blob(key)
         if blob is None:
             return None
-        return decode_record(blob, self.store.field_names, with_kinds)
+        return self._decode(blob, with_kinds)
 
     def scan(self, prefix: str = "", with_kinds: bool = False):
         """Yield (key, fields) of visible records under prefix, in key order;
         (key, fields, kinds) with with_kinds."""
-        names = self.store.field_names
         for key, kid in self.store.scan(prefix):
-            try:
-                blob = self.store.load_id(kid, key)
-            except BlobCorrupt:
-                self.repair({kid})
-                blob = self.store.load_id(kid, key)
-            got = decode_record(blob, names, with_kinds)
+            blob = self._blob(key, kid)
+            got = self._decode(blob, with_kinds) if blob else None
             if got is not None:
                 yield (key, got[0], got[1]) if with_kinds else (key, got)
 
@@ -174,27 +303,37 @@ class Node:
 
     # -- local writes
 
+    def _writable(self):
+        if self.readonly:
+            raise UsageError("this node was opened read-only")
+        if self._closed:
+            raise UsageError("this node is closed")
+
     def put(self, key: str, fields: dict) -> None:
         """Merge fields into key's record. Plain values are lww; use Inc, MV,
         Add and Remove for the other kinds. Returns once acknowledged (in
-        durable mode: on disk)."""
+        durable mode: on disk). A refused write changes nothing."""
+        self._writable()
         if not isinstance(key, str) or not key:
             raise UsageError("a key must be a non-empty string")
-        if not fields:
-            raise UsageError("put needs at least one field")
+        if not isinstance(fields, dict) or not fields:
+            raise UsageError("put needs a dict of at least one field")
         store = self.store
         kb = key.encode("utf-8")
-        kid = store.keys.find(kb)
+        kid = store.find(kb)
         blob = b""
         if kid >= 0:
             blob = self._load(key, kid)
             if blob:
                 self._check_kinds(key, blob, fields)
-        stamp = self.clock.now()
+        stamp = self._stamp()
         sb = varint(stamp)
         names = tuple(fields)
         tables = self._tables.get(names)
         if tables is None:
+            for n in names:
+                if not isinstance(n, str) or not n or len(n.encode("utf-8")) > 255:
+                    raise UsageError("a field name must be a string of 1 to 255 bytes")
             if len(self._tables) > 512:
                 self._tables.clear()
             tables = self._tables[names] = (
@@ -223,7 +362,7 @@ class Node:
                 else:
                     parts.append(O.lww_op(Z, fb, sb, Z, v))
                 visible = True
-        except ValueError as e:
+        except (ValueError, TypeError) as e:
             raise UsageError("field %r: %s" % (name, e)) from None
         # A fresh stamp is above the record's delete stamp, so any write but a
         # remove leaves the record visible; only then is the blob read again.
@@ -233,14 +372,22 @@ class Node:
     def delete(self, key: str) -> bool:
         """Delete the record (a tombstone; a later write revives it).
         Returns False if there was nothing visible to delete."""
-        kid = self.store.keys.find(key.encode("utf-8"))
+        self._writable()
+        if not isinstance(key, str) or not key:
+            raise UsageError("a key must be a non-empty string")
+        kid = self.store.find(key.encode("utf-8"))
         blob = self._load(key, kid) if kid >= 0 else b""
-        if not blob or decode_record(blob, self.store.field_names) is None:
+        if not blob or self._decode(blob, False) is None:
             return False
-        stamp = self.clock.now()
+        stamp = self._stamp()
         self._commit_local(key, key.encode("utf-8"), kid, blob, stamp, b"\x00", b"\x00", 1,
                            O.delete_op(Z, varint(stamp)), False)
         return True
+
+    def _stamp(self) -> int:
+        stamp = self.clock.now()
+        self.reserve.need_clock(stamp)  # durably reserved before use
+        return stamp
 
     def _check_kinds(self, key, blob, fields):
         from .core.reference import decode_blob
@@ -259,11 +406,7 @@ class Node:
                     % (name, key, KIND_NAMES[have], KIND_NAMES[have]))
 
     def _load(self, key, kid) -> bytes:
-        try:
-            return self.store.load_id(kid, key) or b""
-        except BlobCorrupt:
-            self.repair({kid})
-            return self.store.load_id(kid, key) or b""
+        return self._blob(key, kid) or b""
 
     def _commit_local(self, key, kb, kid, blob, stamp, ftab, fmap, nops, ops, visible):
         store = self.store
@@ -273,60 +416,58 @@ class Node:
             atab = self._me_table
         else:
             atab = actor_table([store.actor_id(i) for i in amap])
+        new = blobs[0]
+        store.make_room([(kid, kb, len(new))])  # RecordTooLarge, DiskFull: nothing logged
         seq = self.seq + 1
-        body = b"".join((self._change_head, varint(seq), varint(stamp),
-                         b"\x01" + varint(len(kb)) + kb, ftab, atab, varint(rnops), rops))
-        raw = body + _blake(body, digest_size=HASH_LEN).digest()
+        self.reserve.need_seq(seq)
+        prev = self.known.vv.get(self.actor, 0)
+        raw = build_change_raw(self._actor_b, seq, prev, stamp,
+                               b"\x01" + varint(len(kb)) + kb, ftab, atab, rnops, rops)
+        self.seq = seq  # issued: never again, even if the append below fails
         self.log.append(raw)
         if self.durable:
             self.log.commit()
-        self.seq = seq
-        self.vv[self.actor] = seq
-        new = blobs[0]
+        self.known.add(self.actor, seq, prev)
         if not visible:
             visible = is_visible(new)
-        store.save(key, new, visible, kid, kb)
+        store.begin()
+        try:
+            store.save(key, new, visible, kid, kb)
+        finally:
+            store.end()
         self._tick()
 
     # -- remote changes
 
     def merge_changes(self, raws) -> int:
-        """Merge changes from a peer or a file, in order. Each change is all
-        or nothing: the first bad one raises a RemoteError (MalformedChange,
-        ClockSkewError, ChangeGap) after the good ones before it are merged,
-        and leaves nothing of itself behind. Returns how many were new."""
+        """Merge changes from a peer or a file, in any order. Each change is
+        all or nothing: the first bad one raises a RemoteError
+        (MalformedChange, ClockSkewError) after the good ones before it are
+        merged, and leaves nothing of itself behind. Returns how many were new."""
         return self.merge_parsed([parse_change(raw) for raw in raws])
 
     def merge_parsed(self, changes) -> int:
-        """merge_changes for changes already checked by parse_change. Runs of
-        new changes are merged in one engine call (core batch version 2)."""
+        """merge_changes for changes already checked by parse_change. New
+        changes are merged in one engine call (core batch version 2)."""
+        self._writable()
         take = []
-        expect = {}
-        vv = self.vv
+        seen = set()
+        known = self.known
         try:
             for c in changes:
-                cur = expect.get(c.actor)
-                if cur is None:
-                    cur = vv.get(c.actor, 0)
-                if c.seq <= cur:
+                if known.has(c.actor, c.seq) or (c.actor, c.seq) in seen:
                     continue
-                if c.seq != cur + 1:
-                    raise ChangeGap(
-                        "change %d of actor %016x arrived before change %d; sync again "
-                        "to fetch the missing ones" % (c.seq, c.actor, cur + 1))
                 self.clock.check(c.hlc)
-                expect[c.actor] = c.seq
+                seen.add((c.actor, c.seq))
                 take.append(c)
         finally:
             # what came before a bad change is merged, as if one by one
             if take:
                 self._merge_group(take)
-                if self.durable:
-                    self.log.commit()
         return len(take)
 
     def has_change(self, actor: int, seq: int) -> bool:
-        return seq <= self.vv.get(actor, 0)
+        return self.known.has(actor, seq)
 
     def _merge_group(self, cs, replay: bool = False) -> None:
         """Merge accepted changes (in order) with one engine call. If the
@@ -368,12 +509,29 @@ class Node:
             for c in cs:
                 self._merge_one(c, replay)
             return
-        if not replay:
-            self.log.append_many([c.raw for c in cs])
-        save = store.save
-        for kb, kid, old, b in zip(kbs, kids, blobs, new):
-            if b != old:
-                save(kb.decode("utf-8"), b, is_visible(b), kid, kb)
+        self._store_merge(cs, kbs, kids, blobs, new, max_h, replay)
+
+    def _store_merge(self, cs, kbs, kids, old, new, max_h, replay):
+        """Room first, then the log (made durable in durable mode), then the
+        store: a full disk refuses the whole group and changes nothing."""
+        store = self.store
+        changed = [(kid, kb, b) for kb, kid, o, b in zip(kbs, kids, old, new) if b != o]
+        if self.store.mode == READ:  # a read-only process: remember, never write
+            for kid, kb, b in changed:
+                if kid >= 0:
+                    self._repaired[kid] = b
+        else:
+            store.make_room([(kid, kb, len(b)) for kid, kb, b in changed])
+            if not replay:
+                self.log.append_many([c.raw for c in cs])
+                if self.durable:
+                    self.log.commit()
+            store.begin()
+            try:
+                for kid, kb, b in changed:
+                    store.save(kb.decode("utf-8"), b, is_visible(b), kid, kb)
+            finally:
+                store.end()
         self._after_merge(cs, max_h)
 
     def _load_many(self, kbs):
@@ -381,6 +539,13 @@ class Node:
             return self.store.load_many(kbs)
         except BlobCorrupt as e:
             self.repair({e.kid})
+            if self.store.mode == READ:
+                kids, blobs = [], []
+                for kb in kbs:
+                    kid = self.store.find(kb)
+                    kids.append(kid)
+                    blobs.append(self._load(kb.decode("utf-8"), kid) if kid >= 0 else b"")
+                return kids, blobs
             return self._load_many(kbs)
 
     def _merge_one(self, c, replay: bool = False) -> None:
@@ -394,42 +559,52 @@ class Node:
         max_h, new = parse_merge_result(self.engine.merge(batch))
         if not replay:
             self.clock.check(max_h)
-            self.log.append(c.raw)
-        save = store.save
-        for key, kid, old, b, kb in zip(c.keys, kids, blobs, new, kbs):
-            if b != old:
-                save(key, b, is_visible(b), kid, kb)
-        self._after_merge((c,), max_h)
+        self._store_merge((c,), kbs, kids, blobs, new, max_h, replay)
 
     def _after_merge(self, cs, max_h) -> None:
         try:
             self.clock.observe(max_h)
         except ClockSkewError:
             pass  # replaying our own log after the wall clock went back
-        vv = self.vv
+        known = self.known
+        me = self.actor
         for c in cs:
-            if c.seq > vv.get(c.actor, 0):
-                vv[c.actor] = c.seq
-            if c.actor == self.actor and c.seq > self.seq:
+            known.add(c.actor, c.seq, c.prev)
+            if c.actor == me and c.seq > self.seq:
                 self.seq = c.seq
         self._since_checkpoint += len(cs) - 1
         self._tick()
 
-    def changes_since(self, vv: dict):
-        """Yield raw changes the holder of version vector vv lacks, in log order."""
-        for _, raw in self.log.read():
-            c = parse_change(raw)
-            if c.seq > vv.get(c.actor, 0):
+    def changes_since(self, known):
+        """Yield raw changes the holder of `known` (a Known, or a version
+        vector dict) lacks, in log order. What it yields is on disk first:
+        no one may hold a change this node could still lose."""
+        if not isinstance(known, Known):
+            known = Known(known)
+        if not self.readonly:
+            self.log.commit()
+        for _, raw in self.log.read(upto=None if self.readonly else self.log.durable_end()):
+            actor, seq, _, _ = change_head(raw)
+            if not known.has(actor, seq):
                 yield raw
 
     def repair(self, kids) -> None:
         """Rebuild the blobs of damaged records from the whole op log."""
         store = self.store
         kids = set(kids)
-        targets = {store.keys.key(k).decode("utf-8"): k for k in kids}
+        targets = {}
+        for k in kids:
+            try:
+                targets[store.keys.key(k).decode("utf-8")] = k
+            except UnicodeDecodeError:
+                raise StoreCorrupt("store/keys.heap: key %d is damaged" % k) from None
         state = {k: b"" for k in targets}
+        hits = self.log.hits
         for _, raw in self.log.read():
-            c = parse_change(raw)
+            try:
+                c = parse_change(raw)
+            except MalformedChange:
+                continue
             if not any(k in targets for k in c.keys):
                 continue
             blobs = [state.get(k, b"") for k in c.keys]
@@ -439,10 +614,51 @@ class Node:
             for k, b in zip(c.keys, new):
                 if k in state:
                     state[k] = b
-        for key, blob in state.items():
-            store.save(key, blob, is_visible(blob),
-                       targets[key])
+        if self.log.hits > hits:
+            self._mark_incomplete("records were rebuilt from an op log with damaged entries: "
+                                  "they may miss the changes in them")
+        self.events.append("rebuilt %d damaged record(s) from the op log" % len(state))
+        if store.mode == READ:
+            for key, blob in state.items():
+                self._repaired[targets[key]] = blob
+            return
+        kbs = [k.encode("utf-8") for k in state]
+        store.make_room([(targets[k], kb, len(b)) for (k, b), kb in zip(state.items(), kbs)])
+        store.begin()
+        try:
+            for key, blob in state.items():
+                store.save(key, blob, is_visible(blob), targets[key])
+        finally:
+            store.end()
         store.damaged -= kids
+
+    def scan_log(self) -> int:
+        """Walk the log's change headers: every change one of its successors
+        names as prev but that the log no longer holds becomes a gap in
+        `known`, so peers send it again. Returns the number found."""
+        self._holes_pending = False
+        last = {}
+        found = 0
+        for _, raw in self.log.read():
+            try:
+                actor, seq, prev, _ = change_head(raw)
+            except MalformedChange:
+                continue
+            top = last.get(actor, 0)
+            if prev > top and self.known.has(actor, prev):
+                for s in (prev,) if prev - top > 64 else range(top + 1, prev + 1):
+                    self.known.lose(actor, s)
+                found += 1
+            if seq > top:
+                last[actor] = seq
+        for actor, top in self.known.vv.items():
+            if last.get(actor, 0) < top and self.known.has(actor, top):
+                self.known.lose(actor, top)
+                found += 1
+        if found:
+            self.events.append("the op log lacks %d change(s) this node held; peers are asked "
+                               "for them again" % found)
+        return found
 
     # -- lifecycle
 
@@ -460,20 +676,35 @@ class Node:
         if self._ops >= TRIM_CHECK_EVERY:
             self._check_memory()
         self._since_checkpoint += 1
-        if self._since_checkpoint >= CHECKPOINT_EVERY:
-            self.checkpoint()
+        if self._since_checkpoint >= CHECKPOINT_EVERY and not self.readonly:
+            try:
+                self.checkpoint()
+            except AgentError as e:  # the write itself is acked; retry later
+                self.events.append("checkpoint failed (%s); retrying later" % e)
+                self._since_checkpoint = CHECKPOINT_EVERY // 2
 
     def checkpoint(self) -> None:
         """Make the store durable up to the log's end, so the next open
         replays nothing before it."""
+        if self.readonly:
+            return
         self.log.commit()
-        self.store.meta.update(self._meta())
-        self.store.checkpoint()
+        self.store.checkpoint(self._meta())
         self._since_checkpoint = 0
 
+    def accept_loss(self) -> None:
+        """The operator accepts that some changes are lost (`mycelium repair
+        --accept-loss`): stop reporting the store as incomplete."""
+        self._writable()
+        self.incomplete = None
+        self.checkpoint()
+
     def _meta(self):
-        return {"log": list(self.log.end()), "seq": self.seq, "clock": self.clock.last,
-                "vv": {"%016x" % a: s for a, s in self.vv.items()}}
+        m = {"log": list(self.log.end()), "seq": self.seq, "clock": self.clock.last}
+        m.update(self.known.to_json())
+        if self.incomplete:
+            m["incomplete"] = self.incomplete
+        return m
 
     def stats(self) -> dict:
         s = self.store
@@ -486,9 +717,14 @@ class Node:
             "data_bytes": s.data_bytes(),
             "store_file_bytes": s.file_bytes(),
             "log_bytes": self.log.size(),
+            "log_damaged_bytes": self.log.damaged_bytes(),
+            "log_truncated_bytes": self.log.truncated,
+            "missing_changes": self.known.missing(),
+            "incomplete": self.incomplete,
             "seq": self.seq,
             "engine": self._engine.name if self._engine else load_engine_name(),
             "durable": self.durable,
+            "readonly": self.readonly,
             "clean_open": s.was_clean,
             "replayed_changes": self.replayed,
             "rss_bytes": _rss(),
@@ -497,17 +733,31 @@ class Node:
         }
 
     def close(self) -> None:
+        """Flush and mark the store clean. A full disk leaves it dirty (the
+        next open recovers); an op log that cannot be flushed is raised."""
         if self._closed:
             return
         self._closed = True
+        err = None
         try:
-            self.log.commit()
-            self.store.meta.update(self._meta())
+            if not self.readonly:
+                try:
+                    self.log.commit()
+                except AgentError as e:
+                    err = e
+                try:
+                    self.store.close(self._meta())
+                    self.reserve.settle(self.seq, self.clock.last)
+                except AgentError as e:
+                    self.events.append("could not mark the store clean (%s); the next open "
+                                       "recovers it" % e)
         finally:
+            self.store._release()
             self.log.close()
-            self.store.close()
             if self._engine is not None:
                 self._engine.close()
+        if err is not None:
+            raise err
 
     def __enter__(self):
         return self

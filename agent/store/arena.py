@@ -1,17 +1,22 @@
 """One pool of fixed-size slots for one size class, in one mmap'd file.
 
-Slot layout (docs/FORMAT.md): u32 crc32(key id + blob), u32 key id,
-u16 length | 0x8000 if the record is visible, blob bytes.
+Slot layout (docs/FORMAT.md, store version 2):
+    u32 crc32(u32 key id, u16 length | 0x8000 if visible, blob), u32 key id,
+    u16 length | 0x8000 if the record is visible, blob bytes
+The CRC covers the visible flag and the length too, and a freed slot's
+header is zeroed, so neither a flipped flag nor a stale copy of a record
+that moved can pass for the live one.
 """
 import struct
 import zlib
 
 from pyroaring import BitMap
 
-from .mapped import MappedFile
+from .mapped import MappedFile, WRITE, READ
 
 HEADER = struct.Struct("<IIH")
 HSIZE = HEADER.size  # 10
+_TAIL = struct.Struct("<IH")
 VISIBLE = 0x8000
 # slot sizes: every 16 bytes up to 256, then steps of about 1.25x, up to 32 KiB
 SIZE_CLASSES = tuple(range(16, 257, 16)) + (
@@ -20,7 +25,7 @@ SIZE_CLASSES = tuple(range(16, 257, 16)) + (
     24576, 28672, 32768)
 MAX_BLOB = SIZE_CLASSES[-1] - HSIZE
 _crc = zlib.crc32
-_key = struct.Struct("<I")
+_ZERO_HEADER = bytes(HSIZE)
 
 
 def class_for(n: int) -> int:
@@ -34,8 +39,8 @@ def class_for(n: int) -> int:
     raise ValueError(n)
 
 
-def slot_crc(key_id: int, blob) -> int:
-    return _crc(blob, _crc(_key.pack(key_id)))
+def slot_crc(key_id: int, lenflag: int, blob) -> int:
+    return _crc(blob, _crc(_TAIL.pack(key_id, lenflag)))
 
 
 class Arena:
@@ -43,43 +48,65 @@ class Arena:
 
     __slots__ = ("size", "file", "free", "capacity")
 
-    def __init__(self, path: str, size: int, free: BitMap = None):
+    def __init__(self, path: str, size: int, free: BitMap = None, mode: str = WRITE):
         self.size = size
-        self.file = MappedFile(path, min_size=size * 64)
+        self.file = MappedFile(path, min_size=size * 64 if mode != READ else 0, mode=mode)
         self.capacity = self.file.size // size
-        self.free = free if free is not None else BitMap(range(self.capacity))
+        if free is None:
+            free = BitMap(range(self.capacity))
+        elif free and free.max() >= self.capacity:  # the file is shorter than the bitmap says
+            free &= BitMap(range(self.capacity))
+        self.free = free
+
+    def ensure_free(self, count: int = 1) -> None:
+        """Make sure the next `count` alloc() calls will not need to grow the
+        file (DiskFull, and the file as it was, if it cannot grow)."""
+        if len(self.free) >= count:
+            return
+        cap = self.capacity or 64
+        while cap - self.capacity + len(self.free) < count:
+            cap *= 2
+        self.file.ensure(cap * self.size)
+        old = self.capacity
+        self.capacity = self.file.size // self.size
+        self.free.add_range(old, self.capacity)
 
     def alloc(self) -> int:
-        free = self.free
-        if not free:
-            old = self.capacity
-            self.file.ensure((old * 2) * self.size)
-            self.capacity = self.file.size // self.size
-            free.add_range(old, self.capacity)
-        slot = free.min()
-        free.remove(slot)
+        self.ensure_free()
+        slot = self.free.min()
+        self.free.remove(slot)
         return slot
 
     def release(self, slot: int) -> None:
+        off = slot * self.size
+        self.file.mm[off:off + HSIZE] = _ZERO_HEADER
         self.free.add(slot)
 
     def write(self, slot: int, key_id: int, blob, visible: bool) -> None:
         off = slot * self.size
         n = len(blob)
+        lenflag = n | VISIBLE if visible else n
         mm = self.file.mm
         mm[off + HSIZE:off + HSIZE + n] = blob
-        HEADER.pack_into(mm, off, slot_crc(key_id, blob), key_id,
-                         n | VISIBLE if visible else n)
+        HEADER.pack_into(mm, off, slot_crc(key_id, lenflag, blob), key_id, lenflag)
 
-    def read(self, slot: int):
-        """-> (crc, key_id, length_and_flag, blob) without checking."""
+    def read(self, slot: int, kid: int):
+        """(blob, visible) of slot if it holds kid's record and its CRC holds,
+        else None."""
         off = slot * self.size
+        if off + self.size > self.file.size and not self.file.refresh():
+            return None
+        if off + self.size > self.file.size:
+            return None
         mm = self.file.mm
-        crc, kid, ln = HEADER.unpack_from(mm, off)
-        n = ln & 0x7FFF
-        if HSIZE + n > self.size:
-            return crc, kid, ln, None
-        return crc, kid, ln, mm[off + HSIZE:off + HSIZE + n]
+        crc, skid, lenflag = HEADER.unpack_from(mm, off)
+        n = lenflag & 0x7FFF
+        if skid != kid or HSIZE + n > self.size:
+            return None
+        blob = mm[off + HSIZE:off + HSIZE + n]
+        if crc != _crc(blob, _crc(mm[off + 4:off + HSIZE])):
+            return None
+        return blob, bool(lenflag & VISIBLE)
 
     def flush(self):
         self.file.flush()

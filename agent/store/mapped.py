@@ -1,58 +1,139 @@
-"""A growable file-backed mmap: the building block of every store file."""
+"""A file mapped whole into memory: the building block of every store file.
+
+Three modes:
+  WRITE    a shared mapping of the file, grown by doubling with real blocks
+           (fs.allocate: posix_fallocate, else written zeros), so a page
+           fault can never raise SIGBUS on a full disk
+  READ     a shared read-only mapping; refresh() remaps it when a writer in
+           another process grew or replaced the file
+  PRIVATE  a copy in anonymous memory: writable and growable, never written
+           back (a read-only process repairing a store for itself)
+"""
 import mmap
 import os
 
+from .. import fs
 from ..errors import StoreError
+
+WRITE, READ, PRIVATE = "write", "read", "private"
 
 
 class MappedFile:
-    """A file mapped whole into memory, grown by doubling. Owns its fd."""
+    """Owns its fd (WRITE, READ) and its mapping."""
 
-    __slots__ = ("path", "fd", "mm", "size")
+    __slots__ = ("path", "fd", "mm", "size", "mode", "ino")
 
-    def __init__(self, path: str, min_size: int = 4096):
+    def __init__(self, path: str, min_size: int = 4096, mode: str = WRITE):
         self.path = path
+        self.mode = mode
+        self.fd = -1
+        self.mm = None
+        self.ino = None
         try:
-            self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            if mode == WRITE:
+                self.fd = fs.open_fd(path, os.O_RDWR | os.O_CREAT)
+                st = os.fstat(self.fd)
+                size = st.st_size
+                if size < min_size:
+                    fs.allocate(self.fd, size, min_size - size)
+                    size = min_size
+                self.mm = fs.mmap(self.fd, size, True)
+            elif mode == READ:
+                self.fd = fs.open_fd(path, os.O_RDONLY)
+                st = os.fstat(self.fd)
+                size = st.st_size
+                self.mm = fs.mmap(self.fd, size, False) if size else b""
+            else:
+                data = b""
+                try:
+                    data = fs.read_file(path)
+                except FileNotFoundError:
+                    pass
+                size = max(len(data), min_size)
+                self.mm = mmap.mmap(-1, size)
+                self.mm[:len(data)] = data
+                st = None
         except OSError as e:
-            raise StoreError("cannot open %s: %s; check the data directory's "
-                             "permissions and free space" % (path, e.strerror)) from e
-        size = os.fstat(self.fd).st_size
-        if size < min_size:
-            os.ftruncate(self.fd, min_size)
-            size = min_size
+            self._drop()
+            raise fs.error(e, "open", path) from None
         self.size = size
-        self.mm = mmap.mmap(self.fd, size)
+        if st is not None:
+            self.ino = st.st_ino
+
+    def _drop(self):
+        if self.mm is not None:
+            if not isinstance(self.mm, bytes):
+                self.mm.close()
+            self.mm = None
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
     def ensure(self, size: int) -> None:
-        """Make the file at least size bytes long (doubling)."""
+        """Make the file at least size bytes long (doubling). Raises DiskFull
+        and leaves the file as it was when the disk has no room."""
         if size <= self.size:
             return
-        new = self.size
+        new = max(self.size, 4096)
         while new < size:
             new *= 2
+        if self.mode == PRIVATE:
+            mm = mmap.mmap(-1, new)
+            mm[:self.size] = self.mm[:self.size]
+            self.mm.close()
+            self.mm, self.size = mm, new
+            return
+        if self.mode != WRITE:
+            raise StoreError("%s is open read-only" % self.path)
         try:
-            os.ftruncate(self.fd, new)
-            self.mm.resize(new)
+            fs.allocate(self.fd, self.size, new - self.size)
         except OSError as e:
-            raise StoreError("cannot grow %s to %d bytes: %s; free some disk space"
-                             % (self.path, new, e.strerror)) from e
+            try:
+                fs.ftruncate(self.fd, self.size)
+            except OSError:
+                pass
+            raise fs.error(e, "grow", self.path) from None
+        self.mm.resize(new)
         self.size = new
+
+    def refresh(self) -> bool:
+        """READ mode: follow a writer that grew or replaced the file. True if
+        the mapping changed."""
+        if self.mode != READ:
+            return False
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return False
+        if st.st_ino == self.ino and st.st_size == self.size:
+            return False
+        self._drop()
+        try:
+            self.fd = fs.open_fd(self.path, os.O_RDONLY)
+            st = os.fstat(self.fd)
+            self.mm = fs.mmap(self.fd, st.st_size, False) if st.st_size else b""
+        except OSError as e:
+            raise fs.error(e, "open", self.path) from None
+        self.size, self.ino = st.st_size, st.st_ino
+        return True
 
     def trim(self) -> None:
         """Drop this mapping's pages from the process (they stay in the page
         cache, dirty ones included, and fault back in when touched)."""
-        if self.mm is not None and hasattr(mmap, "MADV_DONTNEED"):
+        if self.mode != PRIVATE and self.size and hasattr(mmap, "MADV_DONTNEED"):
             self.mm.madvise(mmap.MADV_DONTNEED)
 
     def flush(self) -> None:
-        if self.mm is not None:
-            self.mm.flush()
+        if self.mm is not None and self.mode == WRITE:
+            try:
+                fs.msync(self.mm)
+            except OSError as e:
+                raise fs.error(e, "flush", self.path) from None
 
     def close(self) -> None:
-        if self.mm is not None:
-            self.mm.flush()
-            self.mm.close()
-            self.mm = None
-            os.close(self.fd)
-            self.fd = -1
+        if self.mm is not None and self.mode == WRITE:
+            try:
+                fs.msync(self.mm)
+            except OSError:
+                pass
+        self._drop()

@@ -1,34 +1,47 @@
 """The record store: interned keys -> one checksummed blob per record, held
 in pooled mmap arenas (one pool per size class).
 
-A clean open reads only small headers, the key table header and the free
-bitmaps: no pass over the records. After a crash (the clean flag is unset)
-the free bitmaps and the hash table are rebuilt from the key table, every
-blob's checksum is checked, and damaged records are listed in `damaged` for
-the node to rebuild from the op log.
+Every file carries checksums (docs/FORMAT.md, store version 2), and the store
+is a cache of the op log: whatever fails a check is rebuilt, from the other
+files where they suffice (the hash from the key table, the bitmaps from the
+slots), else from the log by the node (a record, or the whole store).
+
+Opening as a writer (mode WRITE, exclusive lock):
+  clean  (the `clean` marker exists: the last close finished) - read small
+         headers, the meta and the bitmaps; no pass over the records. The
+         marker is removed (and that made durable) before anything changes.
+  dirty  (a crash) - the key table is checked entry by entry and extended
+         past the last checkpoint while its entries are whole, the hash and
+         the bitmaps are rebuilt, every blob's CRC is checked; key ids whose
+         record failed are left in `damaged` for the node to rebuild.
+Opening as a reader (readonly=True) writes nothing:
+  no writer, clean   maps the files read-only, under a shared lock
+  no writer, dirty   runs the crash recovery above in private memory
+  writer running     maps the files read-only and reads under its seqlock
+                     (the `live` file), retrying when a write overlapped
 """
 import fcntl
 import json
 import os
 import struct
+import time
 import zlib
 
 from pyroaring import BitMap
 
-from ..errors import StoreCorrupt, StoreLocked, RecordTooLarge, UsageError
-from .arena import Arena, SIZE_CLASSES, MAX_BLOB, VISIBLE, class_for, slot_crc
-from .arena import HEADER as _SLOT
-from .keyindex import KeyIndex, NO_CLASS, ENTRY as _ENTRY
+from .. import fs
+from ..errors import StoreCorrupt, StoreLocked, RecordTooLarge, StoreError
+from .arena import Arena, SIZE_CLASSES, MAX_BLOB, class_for
+from .keyindex import KeyIndex, HashDamaged, NO_CLASS
+from .mapped import WRITE, READ, PRIVATE, MappedFile
+from .names import Table
 
-_entry_unpack = _ENTRY.unpack_from
-_slot_unpack = _SLOT.unpack_from
 _crc = zlib.crc32
-_u32 = struct.Struct("<I")
-
-META_VERSION = 1
+META_VERSION = 2
 _meta_hdr = struct.Struct("<BBHI")
-_u64 = struct.Struct("<Q")
-_u16 = struct.Struct("<H")
+_live = struct.Struct("<QQQQ")  # generation, keys, heap bytes, hash blocks
+_bm_entry = struct.Struct("<HI")
+CLEAN = "clean"
 
 
 class BlobCorrupt(StoreCorrupt):
@@ -53,146 +66,273 @@ class Watch:
             self._store._watches.remove(self)
 
 
+def boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def read_meta(directory: str):
+    """The store's meta dict, or None if there is none. StoreCorrupt if damaged."""
+    path = os.path.join(directory, "meta")
+    try:
+        raw = fs.read_file(path)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise fs.error(e, "read", path) from None
+    if len(raw) < _meta_hdr.size:
+        raise StoreCorrupt("store/meta is truncated")
+    ver, _, _, crc = _meta_hdr.unpack_from(raw)
+    body = raw[_meta_hdr.size:]
+    if zlib.crc32(body) != crc:
+        raise StoreCorrupt("store/meta failed its checksum")
+    if ver != META_VERSION:
+        raise StoreCorrupt("store/meta is version %d; this build keeps version %d"
+                           % (ver, META_VERSION))
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise StoreCorrupt("store/meta is not JSON") from None
+
+
 class Store:
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, readonly: bool = False, memory: bool = False):
+        """memory=True: a store held in private memory only, rebuilt by the
+        node from the op log for a read-only process (nothing on disk)."""
         self.dir = directory
-        os.makedirs(directory, exist_ok=True)
-        self._lockfd = os.open(os.path.join(directory, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._lockfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(self._lockfd)
-            self._lockfd = -1
-            raise StoreLocked("another mycelium process is using %s; stop it "
-                              "(or use its API) before opening the store" % directory) from None
+        self.readonly = readonly or memory
         self._closed = False
         self._watches = []
+        self._lockfd = -1
         self.damaged = set()
-        self.meta, clean = self._read_meta()
-        self.was_clean = clean
-        self.keys = KeyIndex(directory, rebuild_hash=not clean)
         self.arenas = [None] * len(SIZE_CLASSES)
-        self._load_names()
-        self.visible = BitMap()
-        if clean and self._load_bitmaps():
-            pass
+        self.live_writer = False
+        self.keys = None
+        self.live = None
+        self.fields = self.actors = None
+        try:
+            self._open(memory)
+        except BaseException:
+            self._release()
+            raise
+
+    def _open(self, memory):
+        d = self.dir
+        if memory:
+            self._memory()
+            return
+        if not self.readonly:
+            try:
+                fs.mkdir(d)
+            except OSError as e:
+                raise fs.error(e, "create", d) from None
+        self._lock()
+        meta = read_meta(d)
+        if meta is None and self.readonly and not self.live_writer:
+            self._memory()  # nothing stored here yet
+            return
+        if meta is None:
+            names = set(os.listdir(d)) - {"lock", "live", CLEAN} if os.path.isdir(d) else set()
+            if names:
+                raise StoreCorrupt("store/meta is missing beside %d other store files" % len(names))
+            self._write_meta({})  # a new store: its first checkpoint is the empty one
+        clean = meta is not None and os.path.exists(os.path.join(d, CLEAN))
+        self.meta = meta or {}
+        self.was_clean = clean or meta is None
+        if self.readonly:
+            self.mode = READ if (clean or self.live_writer) else PRIVATE
         else:
+            self.mode = WRITE
+            if clean:
+                try:
+                    fs.unlink(os.path.join(d, CLEAN))
+                    fs.fsync_dir(d)
+                except OSError as e:
+                    raise fs.error(e, "open", d) from None
+        self._open_files(self.meta, dirty=not self.was_clean and not self.live_writer,
+                         empty=meta is None)
+
+    def _memory(self):
+        """An empty store in private memory (no file is read or written)."""
+        self.dir = os.path.join(self.dir, ".in-memory")
+        self.mode = PRIVATE
+        self.was_clean = True
+        self.meta = {}
+        self._open_files({}, dirty=False, empty=True)
+
+    # -- locking and the live file
+
+    def _lock(self):
+        d = self.dir
+        path = os.path.join(d, "lock")
+        if self.readonly:
+            try:
+                self._lockfd = fs.open_fd(path, os.O_RDONLY)
+            except FileNotFoundError:
+                return  # no store here yet
+            except OSError as e:
+                raise fs.error(e, "open", path) from None
+            try:
+                fcntl.flock(self._lockfd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                self.live_writer = True  # a writer holds it: read under its seqlock
+            return
+        try:
+            self._lockfd = fs.open_fd(path, os.O_RDWR | os.O_CREAT)
+        except OSError as e:
+            raise fs.error(e, "open", path) from None
+        deadline = time.monotonic() + 2.0  # a read-only process holds it briefly
+        while True:
+            try:
+                fcntl.flock(self._lockfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.monotonic() > deadline or self._writer_alive():
+                    os.close(self._lockfd)
+                    self._lockfd = -1
+                    raise StoreLocked("another mycelium process is using %s; stop it "
+                                      "(or use its API) before opening the store" % d) from None
+                time.sleep(0.02)
+        try:  # which boot wrote last: tells a process crash from a power cut
+            os.ftruncate(self._lockfd, 0)
+            os.pwrite(self._lockfd, ("%s %d\n" % (boot_id(), os.getpid())).encode(), 0)
+        except OSError:
+            pass
+
+    def _last_writer(self):
+        """(boot id, pid) the last writer wrote into the lock file."""
+        try:
+            with open(os.path.join(self.dir, "lock")) as f:
+                boot, pid = f.read().split()
+            return boot, int(pid)
+        except (OSError, ValueError):
+            return "", 0
+
+    def _writer_alive(self) -> bool:
+        boot, pid = self._last_writer()
+        if boot != boot_id() or pid <= 0 or pid == os.getpid():
+            return False
+        try:
+            os.kill(pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+        except OSError:
+            return True
+
+    def last_boot(self) -> str:
+        return self._last_writer()[0]
+
+    # -- opening the files
+
+    def _open_files(self, meta, dirty, empty):
+        d = self.dir
+        mode = self.mode
+        writable = mode == WRITE
+        self.fields = Table(os.path.join(d, "fields"), "fields", writable and not self.live_writer,
+                            dirty or self.live_writer)
+        self.actors = Table(os.path.join(d, "actors"), "actors", writable and not self.live_writer,
+                            dirty or self.live_writer)
+        if not self.live_writer:
+            for what, table in (("fields", self.fields), ("actors", self.actors)):
+                if len(table) < meta.get(what, 0):
+                    raise StoreCorrupt("store/%s holds %d entries; the meta says %d"
+                                       % (what, len(table), meta.get(what, 0)))
+        self.field_names = self.fields.items
+        self.field_ids = self.fields.ids
+        self.actor_ids = self.actors.ids
+        self.actor_table = bytearray(b"".join(struct.pack("<Q", a) for a in self.actors.items))
+        if self.live_writer:
+            try:
+                self.live = MappedFile(os.path.join(d, "live"), 0, READ)
+            except StoreError:
+                self.live = None
+            if self.live is None or len(self.live.mm) < _live.size:
+                raise StoreLocked("the writer of %s is starting; try again" % d)
+            n, heap, blocks = self._live_hints()
+            self.keys = KeyIndex(d, READ, n, heap, blocks)
+            self.visible = None
+            return
+        n, heap = meta.get("keys", 0), meta.get("heap", 0)
+        if writable:
+            self.live = MappedFile(os.path.join(d, "live"), 4096, WRITE)
+            mm = self.live.mm
+            _live.pack_into(mm, 0, _live.unpack_from(mm, 0)[0] | 1, 0, 0, 0)  # busy
+        try:
+            self.keys = KeyIndex(d, mode, n, heap, 0 if dirty else meta.get("hash_blocks", 0))
+        except HashDamaged:
+            self.keys = KeyIndex(d, mode, n, heap, 0)
+            self._rehash()
+        if dirty:
+            self.damaged |= self.keys.recover(n, heap)
             self._rebuild_bitmaps()
-        self.meta["clean"] = False
-        self.write_meta()  # anything from now on may be torn until close()
+        else:
+            self.keys.check_bounds()
+            if not self._load_bitmaps():
+                self._rebuild_bitmaps()
+        if writable:
+            self.end()
 
-    # -- meta (small JSON, atomically replaced)
+    def _live_hints(self):
+        _, n, heap, blocks = _live.unpack_from(self.live.mm, 0)
+        return n, heap, blocks
 
-    def _read_meta(self):
-        path = os.path.join(self.dir, "meta")
-        try:
-            with open(path, "rb") as f:
-                raw = f.read()
-        except FileNotFoundError:
-            return {"log": [0, 0]}, True
-        if len(raw) < _meta_hdr.size:
-            raise StoreCorrupt("store meta file is truncated: %s" % path)
-        ver, clean, _, crc = _meta_hdr.unpack_from(raw)
-        body = raw[_meta_hdr.size:]
-        if ver != META_VERSION:
-            raise StoreCorrupt("store version %d is not supported by this build" % ver)
-        if zlib.crc32(body) != crc:
-            raise StoreCorrupt("store meta file failed its checksum: %s" % path)
-        return json.loads(body), bool(clean)
+    # -- the seqlock (writer side): begin() before changing mapped files, end() after
 
-    def write_meta(self, clean: bool = False) -> None:
-        body = json.dumps(self.meta, separators=(",", ":")).encode()
-        raw = _meta_hdr.pack(META_VERSION, 1 if clean else 0, 0, zlib.crc32(body)) + body
-        path = os.path.join(self.dir, "meta")
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dfd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+    def begin(self):
+        if self.live is not None:
+            mm = self.live.mm
+            _live.pack_into(mm, 0, _live.unpack_from(mm, 0)[0] | 1, self.keys.n,
+                            self.keys.heap_used, self.keys.hash_blocks())
 
-    # -- interned field names and actors (small; kept in Python)
-
-    def _load_names(self):
-        self.field_names = []
-        self.field_ids = {}
-        path = os.path.join(self.dir, "fields")
-        data = open(path, "rb").read() if os.path.exists(path) else b""
-        p = 0
-        while p + 2 <= len(data):
-            n = _u16.unpack_from(data, p)[0]
-            if p + 2 + n > len(data):
-                break  # torn append: the name will be interned again
-            name = data[p + 2:p + 2 + n].decode("utf-8")
-            self.field_ids[name] = len(self.field_names)
-            self.field_names.append(name)
-            p += 2 + n
-        self._fields_fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
-        os.ftruncate(self._fields_fd, p)
-        os.lseek(self._fields_fd, p, 0)
-        path = os.path.join(self.dir, "actors")
-        data = open(path, "rb").read() if os.path.exists(path) else b""
-        data = data[:len(data) // 8 * 8]
-        self.actor_table = bytearray(data)  # packed u64, index -> id
-        self.actor_ids = {_u64.unpack_from(data, i)[0]: i // 8 for i in range(0, len(data), 8)}
-        self._actors_fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
-        os.ftruncate(self._actors_fd, len(data))
-        os.lseek(self._actors_fd, len(data), 0)
-
-    def field_id(self, name: str) -> int:
-        fid = self.field_ids.get(name)
-        if fid is None:
-            raw = name.encode("utf-8")
-            if not raw or len(raw) > 255:
-                raise UsageError("a field name must be 1 to 255 bytes")
-            os.write(self._fields_fd, _u16.pack(len(raw)) + raw)
-            fid = self.field_ids[name] = len(self.field_names)
-            self.field_names.append(name)
-        return fid
-
-    def actor_index(self, actor: int) -> int:
-        i = self.actor_ids.get(actor)
-        if i is None:
-            raw = _u64.pack(actor)
-            os.write(self._actors_fd, raw)
-            i = self.actor_ids[actor] = len(self.actor_table) // 8
-            self.actor_table += raw
-        return i
-
-    def actor_id(self, index: int) -> int:
-        return _u64.unpack_from(self.actor_table, index * 8)[0]
+    def end(self):
+        if self.live is not None:
+            mm = self.live.mm
+            g = _live.unpack_from(mm, 0)[0]
+            _live.pack_into(mm, 0, (g | 1) + 1, self.keys.n, self.keys.heap_used,
+                            self.keys.hash_blocks())
 
     # -- arenas and bitmaps
 
     def _arena(self, cls: int, free=None) -> Arena:
         a = self.arenas[cls]
         if a is None:
-            a = self.arenas[cls] = Arena(
-                os.path.join(self.dir, "arena.%d" % SIZE_CLASSES[cls]), SIZE_CLASSES[cls], free)
+            path = os.path.join(self.dir, "arena.%d" % SIZE_CLASSES[cls])
+            if self.mode != WRITE and not os.path.exists(path):
+                raise BlobCorrupt(None, -1)
+            a = self.arenas[cls] = Arena(path, SIZE_CLASSES[cls], free, self.mode)
         return a
 
     def _load_bitmaps(self) -> bool:
         path = os.path.join(self.dir, "bitmaps")
         try:
-            data = open(path, "rb").read()
+            data = fs.read_file(path)
         except FileNotFoundError:
+            self.visible = BitMap()
             return self.keys.n == 0
-        if len(data) < 4 or zlib.crc32(data[4:]) != struct.unpack_from("<I", data)[0]:
+        except OSError as e:
+            raise fs.error(e, "read", path) from None
+        if len(data) < 4 or _crc(data[4:]) != struct.unpack_from("<I", data)[0]:
             return False
         p = 4
         maps = {}
-        while p < len(data):
-            cls, n = struct.unpack_from("<HI", data, p)
-            p += 6
-            maps[cls] = BitMap.deserialize(data[p:p + n])
-            p += n
+        try:
+            while p < len(data):
+                cls, n = _bm_entry.unpack_from(data, p)
+                p += 6
+                maps[cls] = BitMap.deserialize(data[p:p + n])
+                p += n
+        except (struct.error, ValueError):
+            return False
         self.visible = maps.pop(0xFFFF, BitMap())
+        if self.visible and self.visible.max() >= self.keys.n:
+            return False
         for cls, free in maps.items():
+            if cls >= len(SIZE_CLASSES):
+                return False
             self._arena(cls, free)
         return True
 
@@ -201,121 +341,205 @@ class Store:
         for cls, a in enumerate(self.arenas):
             if a is not None:
                 raw = a.free.serialize()
-                parts.append(struct.pack("<HI", cls, len(raw)) + raw)
+                parts.append(_bm_entry.pack(cls, len(raw)) + raw)
         raw = self.visible.serialize()
-        parts.append(struct.pack("<HI", 0xFFFF, len(raw)) + raw)
+        parts.append(_bm_entry.pack(0xFFFF, len(raw)) + raw)
         body = b"".join(parts)
-        path = os.path.join(self.dir, "bitmaps")
-        with open(path + ".tmp", "wb") as f:
-            f.write(struct.pack("<I", zlib.crc32(body)) + body)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(path + ".tmp", path)
+        fs.atomic_write(os.path.join(self.dir, "bitmaps"), struct.pack("<I", _crc(body)) + body)
 
     def _rebuild_bitmaps(self):
-        """After a crash: which slots are used, which records are visible,
-        which blobs are damaged. One pass over the key table."""
+        """Which slots are used, which records are visible, which blobs are
+        damaged: one pass over the key table and the slots."""
         used = {}
-        names = os.listdir(self.dir)
+        names = set(os.listdir(self.dir)) if os.path.isdir(self.dir) else set()
         for cls, size in enumerate(SIZE_CLASSES):
-            if "arena.%d" % size in names:
+            if "arena.%d" % size in names and self.arenas[cls] is None:
                 self._arena(cls, BitMap())
         self.visible = BitMap()
-        for kid, _, _, cls, slot in self.keys.entries():
+        for kid, cls, slot in self.keys.entries():
             if cls == NO_CLASS:
                 continue
             u = used.setdefault(cls, BitMap())
-            ok = cls < len(SIZE_CLASSES) and slot not in u
-            if ok:
-                a = self._arena(cls, BitMap())
-                ok = slot < a.capacity
-                if ok:
-                    crc, skid, ln, blob = a.read(slot)
-                    ok = blob is not None and skid == kid and crc == slot_crc(kid, blob)
-            if not ok:
+            got = None
+            if cls < len(SIZE_CLASSES) and slot not in u and self.arenas[cls] is not None:
+                got = self.arenas[cls].read(slot, kid)
+            if got is None:
                 self.keys.set_location(kid, NO_CLASS, 0)
                 self.damaged.add(kid)
                 continue
             u.add(slot)
-            if ln & VISIBLE:
+            if got[1]:
                 self.visible.add(kid)
         for cls, a in enumerate(self.arenas):
             if a is not None:
                 a.free = BitMap(range(a.capacity)) - used.get(cls, BitMap())
 
+    def _rehash(self):
+        if self.mode == READ:
+            self.keys.rebuild_private()
+        else:
+            self.keys.rehash()
+
+    # -- interned names
+
+    def refresh_names(self) -> None:
+        """Beside a live writer: read the names it interned since we opened."""
+        if self.live_writer:
+            d = self.dir
+            self.fields = Table(os.path.join(d, "fields"), "fields", False, True)
+            self.actors = Table(os.path.join(d, "actors"), "actors", False, True)
+            self.field_names = self.fields.items
+            self.field_ids = self.fields.ids
+            self.actor_ids = self.actors.ids
+            self.actor_table = bytearray(b"".join(struct.pack("<Q", a)
+                                                  for a in self.actors.items))
+
+    def field_id(self, name: str) -> int:
+        return self.fields.add(name)
+
+    def actor_index(self, actor: int) -> int:
+        i = self.actor_ids.get(actor)
+        if i is None:
+            i = self.actors.add(actor)
+            self.actor_table += struct.pack("<Q", actor)
+        return i
+
+    def actor_id(self, index: int) -> int:
+        return struct.unpack_from("<Q", self.actor_table, index * 8)[0]
+
     # -- records
 
-    def load(self, key: str):
-        """The blob of key, or None. Raises BlobCorrupt on a bad checksum."""
-        kid, cls, slot = self.keys.find_entry(key.encode("utf-8"))
-        if kid < 0:
-            return None
-        return self._slot_blob(kid, cls, slot, key)
+    def _consistent(self, fn, *args):
+        """Run a read. Beside a live writer: under its seqlock, retrying when
+        a write overlapped, after following any file it grew. Damage found
+        with no write overlapping is raised (a bad hash block is rebuilt in
+        this process's memory first)."""
+        if not self.live_writer:
+            try:
+                return fn(*args)
+            except HashDamaged:
+                self._rehash()
+                return fn(*args)
+        last = None
+        for _ in range(200):
+            g1 = _live.unpack_from(self.live.mm, 0)[0]
+            if g1 & 1:
+                time.sleep(0.001)
+                continue
+            k = self.keys
+            _, k.n, k.heap_used, blocks = _live.unpack_from(self.live.mm, 0)
+            k.heap.refresh()
+            k.tab.refresh()
+            if k.hash.refresh() or blocks != k.hash_blocks():
+                k._fit_hash()
+            try:
+                out, err = fn(*args), None
+            except StoreCorrupt as e:
+                out, err = None, e
+            if _live.unpack_from(self.live.mm, 0)[0] == g1:
+                if err is None:
+                    return out
+                if last is not None and type(last) is type(err):
+                    if isinstance(err, HashDamaged):
+                        self.keys.rebuild_private()
+                        return fn(*args)
+                    raise err
+                last = err
+        raise StoreLocked("the writer of %s keeps the store busy; try again" % self.dir)
 
-    def load_id(self, kid: int, key=None):
-        _, _, cls, _, slot = _entry_unpack(self.keys.tab.mm, 16 + kid * 12)
-        return self._slot_blob(kid, cls, slot, key)
-
-    def _slot_blob(self, kid, cls, slot, key):
+    def _blob(self, kid, cls, slot, key):
         """The checked blob in a record's slot; None if it has none."""
         if cls == NO_CLASS:
             if kid in self.damaged:
                 raise BlobCorrupt(key, kid)
             return None
-        arena = self.arenas[cls]
-        off = slot * arena.size
-        mm = arena.file.mm
-        crc, skid, ln = _slot_unpack(mm, off)
-        ln &= 0x7FFF
-        blob = mm[off + 10:off + 10 + ln] if ln <= arena.size - 10 else None
-        if blob is None or skid != kid or crc != _crc(blob, _crc(_u32.pack(kid))):
-            raise BlobCorrupt(key if key is not None else self.keys.key(kid).decode(), kid)
-        return blob
+        got = None
+        if cls < len(SIZE_CLASSES):
+            a = self.arenas[cls]
+            try:
+                if a is None:
+                    a = self._arena(cls)
+                got = a.read(slot, kid)
+            except BlobCorrupt:
+                got = None
+        if got is None:
+            raise BlobCorrupt(key if key is not None else self.keys.key(kid).decode(
+                "utf-8", "replace"), kid)
+        return got[0]
+
+    def _load(self, kb, key):
+        kid, cls, slot = self.keys.find_entry(kb)
+        if kid < 0:
+            return None
+        return self._blob(kid, cls, slot, key)
+
+    def load(self, key: str):
+        """The blob of key, or None. Raises BlobCorrupt on a bad checksum."""
+        return self._consistent(self._load, key.encode("utf-8"), key)
+
+    def _load_id(self, kid, key):
+        cls, slot = self.keys.location(kid)
+        return self._blob(kid, cls, slot, key)
+
+    def load_id(self, kid: int, key=None):
+        return self._consistent(self._load_id, kid, key)
+
+    def find(self, kb: bytes) -> int:
+        return self._consistent(self.keys.find, kb)
 
     def load_many(self, kbs):
-        """(key ids, blobs) for a list of encoded keys: -1 and b"" where absent.
-        The merge path's lookup, with the index probe and the slot read inline.
-        Raises BlobCorrupt like load()."""
-        keys = self.keys
-        hm, tm, heap = keys.hash.mm, keys.tab.mm, keys.heap.mm
-        mask = keys.mask
-        u64 = _u64.unpack_from
-        slot_blob = self._slot_blob
-        kids = []
-        blobs = []
+        """(key ids, blobs) for a list of encoded keys: -1 and b"" where
+        absent. Raises BlobCorrupt like load()."""
+        return self._consistent(self._load_many, kbs)
+
+    def _load_many(self, kbs):
+        find = self.keys.find_entry
+        blob = self._blob
+        kids, blobs = [], []
         for kb in kbs:
-            h = _crc(kb)
-            i = h & mask
-            kid = -1
-            while True:
-                e = u64(hm, i << 3)[0]
-                if e == 0:
-                    break
-                if e >> 32 == h:
-                    k = (e & 0xFFFFFFFF) - 1
-                    off, ln, cls, _, slot = _entry_unpack(tm, 16 + k * 12)
-                    if ln == len(kb) and heap[off + 2:off + 2 + ln] == kb:
-                        kid = k
-                        break
-                i = (i + 1) & mask
+            kid, cls, slot = find(kb)
             kids.append(kid)
-            if kid < 0:
-                blobs.append(b"")
-            else:
-                blobs.append(slot_blob(kid, cls, slot, kb.decode("utf-8", "replace")) or b"")
+            blobs.append(b"" if kid < 0 else (blob(kid, cls, slot, None) or b""))
         return kids, blobs
+
+    def make_room(self, items) -> None:
+        """Grow every file that saving items (a list of (key id or -1, key
+        bytes, blob length)) could grow, so that the saves cannot fail for
+        space after the op log holds their change. DiskFull if there is no
+        room; nothing changes then."""
+        new_keys = new_bytes = 0
+        need = {}
+        for kid, kb, n in items:
+            if n > MAX_BLOB:
+                raise RecordTooLarge("record %r would take %d bytes; the limit is %d. Split it "
+                                     "into several records" % (kb.decode("utf-8", "replace"),
+                                                               n, MAX_BLOB))
+            if kid < 0:
+                new_keys += 1
+                new_bytes += len(kb)
+            if n:
+                cls = class_for(n)
+                if kid < 0 or self.keys.location(kid)[0] != cls:
+                    need[cls] = need.get(cls, 0) + 1
+        if new_keys:
+            self.keys.ensure_room(new_keys, new_bytes)
+        for cls, count in need.items():
+            (self.arenas[cls] or self._arena(cls)).ensure_free(count)
 
     def save(self, key: str, blob: bytes, visible: bool, kid: int = -1, kb=None) -> None:
         """Store blob as key's record. A blob that keeps its size class is
         rewritten in place; one that moves gets a new slot, then the index
-        points to it, then the old slot is freed. A write torn by a crash
-        fails its CRC on the next open and is rebuilt from the op log."""
+        points to it, then the old slot is freed (its header zeroed). A write
+        torn by a crash fails its CRC on the next open and is rebuilt from
+        the op log. Call make_room() first (and begin()/end() around a group
+        of saves)."""
         if len(blob) > MAX_BLOB:
             raise RecordTooLarge("record %r would take %d bytes; the limit is %d. "
                                  "Split it into several records" % (key, len(blob), MAX_BLOB))
+        keys = self.keys
         if kid < 0:
-            kid = self.keys.intern(kb if kb is not None else key.encode("utf-8"))
-        old_cls, old_slot = self.keys.location(kid)
+            kid = keys.intern(kb if kb is not None else key.encode("utf-8"))
+        old_cls, old_slot = keys.location(kid)
         cls = class_for(len(blob)) if blob else NO_CLASS
         if cls == old_cls and cls != NO_CLASS:
             self.arenas[cls].write(old_slot, kid, blob, visible)
@@ -324,10 +548,10 @@ class Store:
                 a = self.arenas[cls] or self._arena(cls)
                 slot = a.alloc()
                 a.write(slot, kid, blob, visible)
-                self.keys.set_location(kid, cls, slot)
+                keys.set_location(kid, cls, slot)
             else:
-                self.keys.set_location(kid, NO_CLASS, 0)
-            if old_cls != NO_CLASS:
+                keys.set_location(kid, NO_CLASS, 0)
+            if old_cls != NO_CLASS and self.arenas[old_cls] is not None:
                 self.arenas[old_cls].release(old_slot)
         self.damaged.discard(kid)
         if visible:
@@ -339,18 +563,34 @@ class Store:
                 if key.startswith(w.prefix):
                     w.callback(key, blob)
 
-    def scan(self, prefix: str = ""):
-        """Sorted list of (key, key id) of visible records under prefix."""
-        vis = self.visible
-        out = []
+    def _scan(self, prefix):
         keys = self.keys
+        out = []
+        vis = self.visible
         for kid in keys.scan(prefix.encode("utf-8")):
-            if kid in vis:
+            if vis is not None:
+                if kid in vis:
+                    out.append((keys.key(kid).decode("utf-8"), kid))
+                continue
+            cls, slot = keys.location(kid)  # beside a live writer: the slot's own flag
+            if cls == NO_CLASS or cls >= len(SIZE_CLASSES):
+                continue
+            try:
+                got = self._arena(cls).read(slot, kid)
+            except BlobCorrupt:
+                got = None
+            if got is not None and got[1]:
                 out.append((keys.key(kid).decode("utf-8"), kid))
         out.sort()
         return out
 
+    def scan(self, prefix: str = ""):
+        """Sorted list of (key, key id) of visible records under prefix."""
+        return self._consistent(self._scan, prefix)
+
     def count(self) -> int:
+        if self.visible is None:
+            return len(self.scan(""))
         return len(self.visible)
 
     def watch(self, prefix: str, callback) -> Watch:
@@ -361,7 +601,8 @@ class Store:
 
     def data_bytes(self) -> int:
         """Bytes in use: live slots plus the key index (not file slack)."""
-        total = self.keys.heap_used + 16 + self.keys.n * 12 + (self.keys.mask + 1) * 8
+        k = self.keys
+        total = k.heap_used + 16 + k.n * 16 + k.hash_blocks() * 512
         for a in self.arenas:
             if a is not None:
                 total += (a.capacity - len(a.free)) * a.size
@@ -374,40 +615,81 @@ class Store:
         for a in self.arenas:
             if a is not None:
                 a.file.trim()
-        for f in (self.keys.heap, self.keys.tab, self.keys.hash):
-            f.trim()
+        self.keys.trim()
 
     def file_bytes(self) -> int:
-        return sum(os.path.getsize(os.path.join(self.dir, n)) for n in os.listdir(self.dir))
+        total = 0
+        for n in os.listdir(self.dir) if os.path.isdir(self.dir) else ():
+            try:
+                total += os.path.getsize(os.path.join(self.dir, n))
+            except OSError:
+                pass
+        return total
 
     # -- lifecycle
 
-    def checkpoint(self) -> None:
-        """Flush everything; after this the meta's log position is safe to
-        replay from."""
-        for a in self.arenas:
-            if a is not None:
-                a.flush()
-        self.keys.flush()
-        os.fsync(self._fields_fd)
-        os.fsync(self._actors_fd)
+    def checkpoint(self, node_meta: dict) -> None:
+        """Flush every file, then record in the meta (with node_meta: the log
+        position and the node's counters) that the store holds everything
+        up to that point."""
+        if self.mode != WRITE:
+            return
+        try:
+            for a in self.arenas:
+                if a is not None:
+                    a.flush()
+            self.keys.flush()
+            self.fields.sync()
+            self.actors.sync()
+        except OSError as e:
+            raise fs.error(e, "flush", self.dir) from None
         self._write_bitmaps()
-        self.write_meta(clean=False)
+        meta = dict(node_meta)
+        meta.update(keys=self.keys.n, heap=self.keys.heap_used,
+                    hash_blocks=self.keys.hash_blocks(), fields=len(self.fields),
+                    actors=len(self.actors))
+        self._write_meta(meta)
 
-    def close(self) -> None:
+    def _write_meta(self, meta):
+        body = json.dumps(meta, separators=(",", ":")).encode()
+        fs.atomic_write(os.path.join(self.dir, "meta"),
+                        _meta_hdr.pack(META_VERSION, 0, 0, zlib.crc32(body)) + body)
+        self.meta = meta
+
+    def close(self, node_meta: dict = None) -> None:
+        """Checkpoint (with node_meta), then mark the store clean. A failed
+        checkpoint (a full disk) leaves it dirty: the next open recovers."""
         if self._closed:
             return
         self._closed = True
-        self.checkpoint()
-        self.write_meta(clean=True)
+        try:
+            if self.mode == WRITE:
+                if node_meta is None:
+                    node_meta = {k: v for k, v in self.meta.items()
+                                 if k not in ("keys", "heap", "hash_blocks", "fields", "actors")}
+                self.checkpoint(node_meta)
+                self.end()
+                fd = fs.open_fd(os.path.join(self.dir, CLEAN), os.O_WRONLY | os.O_CREAT)
+                fs.close(fd)
+                fs.fsync_dir(self.dir)
+        finally:
+            self._release()
+
+    def _release(self):
         for a in self.arenas:
             if a is not None:
                 a.close()
-        self.keys.close()
-        os.close(self._fields_fd)
-        os.close(self._actors_fd)
-        fcntl.flock(self._lockfd, fcntl.LOCK_UN)
-        os.close(self._lockfd)
+        self.arenas = [None] * len(SIZE_CLASSES)
+        for x in (self.keys, self.fields, self.actors, self.live):
+            if x is not None:
+                x.close()
+        self.keys = self.fields = self.actors = self.live = None
+        if self._lockfd >= 0:
+            try:
+                fcntl.flock(self._lockfd, fcntl.LOCK_UN)
+            finally:
+                os.close(self._lockfd)
+                self._lockfd = -1
 
     def __enter__(self):
         return self

@@ -9,16 +9,19 @@
         for ev in s.events(): ...
         if s.closed: close the connection
 
-Version vectors are the truth: each side sends, in log order, the changes
-above the peer's vector, in batches; the peer answers every batch with an
-ACK holding its whole vector after the merge. The Bloom filter (pybloom-live)
-of hashes a peer recently merged from third parties only lets a sender skip
-changes at the *tail* of an actor's run in a batch, so a skip never puts a
-later change of that actor in front of a missing one; and if an ACK shows the
-peer below what was sent or skipped (a false positive), the sender rewinds to
-the peer's vector and stops trusting the filter for that actor. A receiver
-drops (never merges) a change that would leave a gap, and its ACK makes the
-sender resend. So the filter can only save bytes, never lose a change.
+What each side holds is the truth (agent/vector.py: a version vector with
+gaps): each side sends, in log order, the changes the peer does not hold, in
+batches; the peer answers every batch with an ACK holding all it holds after
+the merge. Changes may arrive out of order: a change past a missing one is
+merged (every op is a state the merge joins) and leaves a gap, which the
+receiver's next ACK or HELLO advertises so that any peer sends it. The Bloom
+filter (pybloom-live) of hashes a peer recently merged from third parties
+lets a sender skip changes; if an ACK shows the peer lacks one that was sent
+or skipped (a false positive), the sender rewinds and stops trusting the
+filter for that actor. So the filter can only save bytes, never lose a
+change. A sender reads its log only up to what is on disk
+(OpLog.durable_end), so no peer ever holds a change the sender could still
+lose in a power cut.
 
 Any malformed frame or message, a change the node refuses (MalformedChange,
 ClockSkewError) or a message out of turn closes this session only (a BYE with
@@ -31,15 +34,16 @@ from collections import deque
 
 from pybloom_live import BloomFilter
 
-from ..change import HASH_LEN, _blake, parse_change
+from ..change import HASH_LEN, _blake, change_head, parse_change
 from ..codec import get_varint, put_varint
 from ..errors import MalformedChange, RemoteError
+from ..vector import Known
 from .frame import FrameReader, ProtocolError, encode_frame, MAX_DECODED
 
 __all__ = ["PROTOCOL", "Session", "Recent", "HELLO", "CHANGES", "ACK", "IDLE", "HAVE", "BYE",
-           "encode_vv", "decode_vv"]
+           "decode_known"]
 
-PROTOCOL = 1
+PROTOCOL = 2
 HELLO, CHANGES, ACK, IDLE, HAVE, BYE = 1, 2, 3, 4, 5, 6
 NAMES = {HELLO: "HELLO", CHANGES: "CHANGES", ACK: "ACK", IDLE: "IDLE", HAVE: "HAVE", BYE: "BYE"}
 BATCH_BYTES = 2 << 20          # raw change bytes per CHANGES batch (well under the frame cap)
@@ -48,6 +52,7 @@ BLOOM_CAPACITY = 4096
 BLOOM_ERROR = 0.01
 MAX_BLOOM_CAPACITY = 1 << 16
 MAX_ID = 64
+MAX_ACTORS = 1 << 16            # entries of a version vector a peer may send
 FLAG_LIVE = 1
 _u64 = struct.Struct("<Q")
 
@@ -120,28 +125,12 @@ class Closed(Event):
 # -- encodings
 
 
-def encode_vv(out: bytearray, vv: dict) -> None:
-    items = sorted((a, s) for a, s in vv.items() if s > 0)
-    put_varint(out, len(items))
-    for a, s in items:
-        out += _u64.pack(a)
-        put_varint(out, s)
-
-
-def decode_vv(buf, p):
-    n, p = get_varint(buf, p)
-    if n * 9 > len(buf) - p:
-        raise ProtocolError("version vector count %d runs past the message" % n)
-    vv = {}
-    for _ in range(n):
-        if p + 8 > len(buf):
-            raise ProtocolError("version vector runs past the message")
-        a = _u64.unpack_from(buf, p)[0]
-        s, p = get_varint(buf, p + 8)
-        if a == 0 or s == 0 or a in vv:
-            raise ProtocolError("version vector has a zero or repeated entry")
-        vv[a] = s
-    return vv, p
+def decode_known(buf, p):
+    """A peer's Known (vector and gaps); ProtocolError on bad bytes."""
+    try:
+        return Known.decode(buf, p, MAX_ACTORS)
+    except MalformedChange as e:
+        raise ProtocolError(str(e)) from None
 
 
 def _bloom_bytes(bf) -> bytes:
@@ -203,14 +192,6 @@ class Recent:
         return self._bf
 
 
-def _head(raw):
-    """(actor, seq, hlc) of a change without the full parse."""
-    actor = _u64.unpack_from(raw, 1)[0]
-    seq, p = get_varint(raw, 9)
-    hlc, _ = get_varint(raw, p)
-    return actor, seq, hlc
-
-
 # -- the session
 
 
@@ -234,15 +215,14 @@ class Session:
         # peer
         self.peer_id = None
         self.peer_actor = None
-        self.peer_vv = None
+        self.peer_known = None       # what the peer said it holds (HELLO, ACK, HAVE)
         self.peer_live = False
         self.peer_bloom = None
         # sending
-        self.sent_vv = {}
+        self.model = None            # peer_known plus what we sent since
         self.cursor = (0, 0)
         self.next_batch = 1
-        self.in_flight = {}          # batch -> sent_vv snapshot after it
-        self.rewound_at = 0
+        self.in_flight = {}          # batch -> [(actor, seq, prev)] sent or skipped in it
         self.no_skip = set()
         self.idle_sent = False
         self.peer_idle = False
@@ -254,16 +234,23 @@ class Session:
         self.recv_batch = 0
         self.last_heard = time.monotonic()
 
+    @property
+    def peer_vv(self):
+        """The peer's version vector as a dict (None before its HELLO)."""
+        return None if self.peer_known is None else self.peer_known.vv
+
     # -- I/O surface
 
     def start(self) -> None:
+        if self.node._holes_pending:
+            self.node.scan_log()  # ask for what our damaged log lost
         out = bytearray((HELLO,))
         put_varint(out, PROTOCOL)
         did = self.device_id.encode("ascii")
         put_varint(out, len(did))
         out += did
         out += _u64.pack(self.node.actor)
-        encode_vv(out, self.node.vv)
+        self.node.known.encode(out)
         put_varint(out, FLAG_LIVE if self.live else 0)
         encode_bloom(out, self.recent.bloom() if self.use_bloom else None)
         self._send(out)
@@ -321,7 +308,7 @@ class Session:
 
     @property
     def ready(self) -> bool:
-        return self.peer_vv is not None and not self.closed
+        return self.peer_known is not None and not self.closed
 
     # -- sending changes
 
@@ -330,6 +317,9 @@ class Session:
         sent and acknowledged. Returns how many batches were queued."""
         if not self.ready:
             return 0
+        log = self.node.log
+        if log.synced < log.written and len(self.in_flight) < self.window:
+            log.commit()  # only what is on disk is sent (one fsync covers the batch)
         queued = 0
         while len(self.in_flight) < self.window:
             if not self._one_batch():
@@ -342,22 +332,20 @@ class Session:
         return queued
 
     def _one_batch(self) -> bool:
-        sent_vv = self.sent_vv
-        picked = []          # (raw, actor, seq)
+        model = self.model
+        picked = []          # (raw, actor, seq, prev)
         size = 0
         last = self.cursor
         log = self.node.log
-        for pos, raw in log.read(self.cursor):
-            last = (pos[0], pos[1] + 8 + len(raw))
+        for _, raw, last in log.entries(self.cursor, upto=log.durable_end()):
             try:
-                actor, seq, _ = _head(raw)
-            except (MalformedChange, struct.error):
+                actor, seq, prev, _ = change_head(raw)
+            except MalformedChange:
                 continue
-            have = sent_vv.get(actor, 0)
-            if seq != have + 1:
+            if model.has(actor, seq):
                 continue
-            sent_vv[actor] = seq
-            picked.append((raw, actor, seq))
+            model.add(actor, seq, prev)
+            picked.append((raw, actor, seq, prev))
             size += len(raw)
             if size >= self.batch_bytes:
                 break
@@ -370,28 +358,19 @@ class Session:
         keep = picked
         skipped = 0
         if bf is not None and self.use_bloom:
-            # Tail rule: skip a change only if no later change of its actor
-            # is sent in this batch.
-            sending = set()
-            keep = []
-            for item in reversed(picked):
-                raw, actor, seq = item
-                if actor not in sending and actor not in self.no_skip and raw[-HASH_LEN:] in bf:
-                    skipped += 1
-                    continue
-                sending.add(actor)
-                keep.append(item)
-            keep.reverse()
+            no_skip = self.no_skip
+            keep = [it for it in picked if it[1] in no_skip or it[0][-HASH_LEN:] not in bf]
+            skipped = len(picked) - len(keep)
         put_varint(out, len(keep))
         raw_bytes = 0
-        for raw, _, _ in keep:
+        for raw, _, _, _ in keep:
             n = len(raw) - HASH_LEN           # the hash is recomputed by the receiver
             put_varint(out, n)
             out += memoryview(raw)[:n]
             raw_bytes += n
         batch = self.next_batch
         self.next_batch += 1
-        self.in_flight[batch] = dict(sent_vv)
+        self.in_flight[batch] = [(a, sq, pv) for _, a, sq, pv in picked]
         wire = self._send(out)
         self.idle_sent = False
         self.caught_up = False
@@ -451,7 +430,7 @@ class Session:
             raise
 
     def _on_hello(self, m):
-        if self.peer_vv is not None:
+        if self.peer_known is not None:
             raise ProtocolError("second HELLO (a replayed frame?)")
         proto, p = get_varint(m, 1)
         if proto != PROTOCOL:
@@ -474,16 +453,16 @@ class Session:
             raise ProtocolError("peer uses actor id %016x, which is %s" % (
                 actor, "zero" if actor == 0 else "ours: a copied data directory? "
                 "give one device a fresh `mycelium init`"))
-        vv, p = decode_vv(m, p)
+        known, p = decode_known(m, p)
         flags, p = get_varint(m, p)
         bf, p = decode_bloom(m, p)
         if p != len(m):
             raise ProtocolError("HELLO has %d trailing bytes" % (len(m) - p))
-        self.peer_id, self.peer_actor, self.peer_vv = peer_id, actor, vv
+        self.peer_id, self.peer_actor, self.peer_known = peer_id, actor, known
+        self.model = known.copy()
         self.peer_live = bool(flags & FLAG_LIVE)
         self.peer_bloom = bf
-        self.sent_vv = dict(vv)
-        self._events.append(Connected(peer_id, actor, dict(vv)))
+        self._events.append(Connected(peer_id, actor, dict(known.vv)))
 
     def _on_changes(self, m):
         batch, p = get_varint(m, 1)
@@ -494,11 +473,10 @@ class Session:
         if n > len(m):
             raise ProtocolError("CHANGES count %d runs past the message" % n)
         node = self.node
-        vv = node.vv
+        has = node.known.has
         check = node.clock.check
-        expect = {}
-        take, dup, gap = [], 0, 0
-        blocked = set()
+        seen = set()
+        take, dup = [], 0
         hashes = []
         size = 0
         for _ in range(n):
@@ -513,18 +491,12 @@ class Session:
             # MalformedChange: nothing of the batch applied
             check(c.hlc)                   # ClockSkewError: likewise
             size += ln
-            cur = expect.get(c.actor)
-            if cur is None:
-                cur = vv.get(c.actor, 0)
-            if c.seq <= cur:
+            if has(c.actor, c.seq) or (c.actor, c.seq) in seen:
                 dup += 1
-            elif c.seq == cur + 1 and c.actor not in blocked:
-                expect[c.actor] = c.seq
-                take.append(c)
-                hashes.append(h)
-            else:
-                gap += 1              # dropped; the ACK makes the sender rewind
-                blocked.add(c.actor)
+                continue
+            seen.add((c.actor, c.seq))
+            take.append(c)
+            hashes.append(h)
         if p != len(m):
             raise ProtocolError("CHANGES has %d trailing bytes" % (len(m) - p))
         self.recv_batch = batch
@@ -536,46 +508,42 @@ class Session:
         st["recv_changes"] += n
         st["new"] += new
         st["dup"] += dup + (len(take) - new)
-        st["gap"] += gap
         st["raw_in"] += size
         out = bytearray((ACK,))
         put_varint(out, batch)
-        encode_vv(out, node.vv)
+        node.known.encode(out)
         self._send(out)
         self.caught_up = False
-        self._events.append(Received(batch, n, new, dup + len(take) - new, gap, size))
+        self._events.append(Received(batch, n, new, dup + len(take) - new, 0, size))
 
     def _on_ack(self, m):
         batch, p = get_varint(m, 1)
-        vv, p = decode_vv(m, p)
+        known, p = decode_known(m, p)
         if p != len(m):
             raise ProtocolError("ACK has trailing bytes")
-        snap = self.in_flight.pop(batch, None)
-        if snap is None or (self.in_flight and batch > min(self.in_flight)):
+        items = self.in_flight.pop(batch, None)
+        if items is None or (self.in_flight and batch > min(self.in_flight)):
             raise ProtocolError("ACK for batch %d, which is not the oldest in flight "
                                 "(a replayed frame?)" % batch)
-        rewound = self._learn_vv(vv, snap if batch >= self.rewound_at else None)
-        self._events.append(Acked(batch, dict(vv), rewound))
+        rewound = self._learn(known, items)
+        self._events.append(Acked(batch, dict(known.vv), rewound))
 
-    def _learn_vv(self, vv, expected):
-        """Fold in the peer's vector; rewind where it is below what we sent."""
-        pv = self.peer_vv
-        for a, s in vv.items():
-            if s > pv.get(a, 0):
-                pv[a] = s
-            if s > self.sent_vv.get(a, 0):
-                self.sent_vv[a] = s
-        rewound = []
-        if expected is not None:
-            for a, s in expected.items():
-                have = vv.get(a, 0)
-                if have < s and self.sent_vv.get(a, 0) > have:
-                    self.sent_vv[a] = have
-                    self.no_skip.add(a)
-                    rewound.append(a)
+    def _learn(self, known, checked):
+        """The peer now holds `known`. Every change in `checked` (sent or
+        skipped, all acknowledged by this point) should be in it: one that is
+        not was skipped wrongly (a Bloom false positive), so rewind and stop
+        trusting the filter for its actor. The model of the peer becomes
+        `known` plus what is still in flight."""
+        self.peer_known = known
+        rewound = sorted({a for a, s, _ in checked if not known.has(a, s)})
+        model = known.copy()
+        for items in self.in_flight.values():
+            for a, s, prev in items:
+                model.add(a, s, prev)
+        self.model = model
         if rewound:
+            self.no_skip.update(rewound)
             self.cursor = (0, 0)
-            self.rewound_at = self.next_batch
             self.stats["rewinds"] += 1
             self.idle_sent = False
         return rewound
@@ -589,14 +557,18 @@ class Session:
         self._check_caught_up()
 
     def _on_have(self, m):
-        vv, p = decode_vv(m, 1)
+        known, p = decode_known(m, 1)
         bf, p = decode_bloom(m, p)
         if p != len(m):
             raise ProtocolError("HAVE has trailing bytes")
-        # With nothing in flight every batch was acknowledged before this
-        # HAVE was written, so a vector below what we sent means a change was
-        # skipped wrongly (a Bloom false positive): rewind and resend.
-        self._learn_vv(vv, dict(self.sent_vv) if not self.in_flight else None)
+        # It may have been written before our last batches arrived: only the
+        # rewind check waits for an ACK. A HAVE that adds gaps (the peer lost
+        # a change from its log) rewinds too, so that they are sent again.
+        lost = any(known.gaps.get(a) != self.peer_known.gaps.get(a) for a in known.gaps)
+        self._learn(known, [])
+        if lost:
+            self.cursor = (0, 0)
+            self.idle_sent = False
         if bf is not None:
             self.peer_bloom = bf
 
@@ -613,15 +585,17 @@ class Session:
     def _check_caught_up(self):
         if self.peer_idle and self.idle_sent and not self.in_flight and not self.caught_up:
             self.caught_up = True
-            self._events.append(CaughtUp(dict(self.peer_vv)))
+            self._events.append(CaughtUp(dict(self.peer_known.vv)))
 
     def have(self) -> None:
         """Queue a HAVE (our vector and recent-arrivals filter): the live
         keep-alive, and a hint that spares the peer resending relayed changes."""
         if not self.ready:
             return
+        if self.node._holes_pending:
+            self.node.scan_log()
         out = bytearray((HAVE,))
-        encode_vv(out, self.node.vv)
+        self.node.known.encode(out)
         encode_bloom(out, self.recent.bloom() if self.use_bloom else None)
         self._send(out)
 

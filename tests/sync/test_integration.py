@@ -129,7 +129,9 @@ def test_malformed_frames_from_a_known_peer_leave_the_daemon_serving(tmp_path):
         cmd(a, "peer", "add", ide, "127.0.0.1:9")
         cmd(b, "peer", "add", ida, srv.addr)
         host, port = srv.addr.rsplit(":", 1)
-        fake = types.SimpleNamespace(actor=0x1234567, vv={})
+        from agent.vector import Known
+        fake = types.SimpleNamespace(actor=0x1234567, vv={}, known=Known(),
+                                     _holes_pending=False)
 
         async def attack(data, close_after):
             reader, writer = await connect(host, int(port), client_context(e), ida)
