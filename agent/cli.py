@@ -29,9 +29,16 @@ examples:
 """
 
 EPILOG = """\
-exit codes: 0 ok, 1 not found, 2 bad usage, 3 storage fault, 4 data directory
-in use by another process, 5 engine fault, 6 bad data from a peer or file,
-7 sync fault, 9 other error, 130 interrupted.
+exit codes: 0 ok, 1 not found, 2 bad usage, 3 storage fault (an I/O error
+from the disk: check it, then `mycelium repair`), 4 data directory in use by
+another process, 5 engine fault, 6 bad data from a peer or file, 7 sync
+fault, 8 disk full (nothing was written: free space and retry), 9 other
+error, 10 damaged data that could not be repaired here, or records that may
+miss changes (the message says what to do: often `mycelium repair`),
+130 interrupted.
+
+Reads (get, scan, stats, watch, peer list) open the data directory read-only
+and write nothing; they work beside a running writer.
 
 The data directory defaults to $XDG_DATA_HOME/mycelium, else
 ~/.local/share/mycelium; set it with --data-dir or MYCELIUM_DATA_DIR.
@@ -92,23 +99,54 @@ def _print_record(key, rec, kinds, as_json):
                                      kinds.get(name, "?")))
 
 
-def _open(args, local_only=False):
-    """The data directory's node; when a running `mycelium serve` holds it,
-    a stand-in that asks the daemon over its control socket."""
+def _remote(data_dir):
+    """A stand-in asking the running `mycelium serve` over its control
+    socket, or None if no serve holds the data directory."""
+    from .control import RemoteNode, socket_path
+    from .store.store import writer_holds
+    path = socket_path(data_dir)
+    if not os.path.exists(path) or not writer_holds(os.path.join(data_dir, "store")):
+        return None
+    try:
+        return RemoteNode(path)
+    except OSError:
+        return None
+
+
+def _open(args, local_only=False, write=True):
+    """The data directory's node (read-only unless write); when a running
+    `mycelium serve` holds it, a stand-in that asks the daemon over its
+    control socket."""
     from .errors import StoreLocked
     from .node import Node
+    if not write:
+        remote = None if local_only else _remote(args.data_dir)
+        return _warn(remote or Node(args.data_dir, readonly=True))
     try:
-        return Node(args.data_dir, durable=args.durable)
+        return _warn(Node(args.data_dir, durable=args.durable))
     except StoreLocked:
-        from .control import RemoteNode, socket_path
-        path = socket_path(args.data_dir)
-        if local_only or not os.path.exists(path):
+        remote = None if local_only else _remote(args.data_dir)
+        if remote is None:
             raise
-        try:
-            return RemoteNode(path)
-        except OSError:
-            raise StoreLocked("another process holds %s and does not answer on %s; "
-                              "stop it and try again" % (args.data_dir, path)) from None
+        return remote
+
+
+def _warn(node):
+    """Print what opening found (damage skipped, records rebuilt) on stderr."""
+    for msg in node.events:
+        print("mycelium: warning: %s" % msg, file=sys.stderr)
+    return node
+
+
+def _incomplete(node, code):
+    """Exit code for a read: non-zero if records may miss changes."""
+    if node.incomplete:
+        print("mycelium: %s; fetch them again from a peer (`mycelium serve` or `mycelium sync "
+              "PEER`) or accept the loss with `mycelium repair --accept-loss`"
+              % node.incomplete, file=sys.stderr)
+        from .errors import StoreCorrupt
+        return StoreCorrupt.exit_code
+    return code
 
 
 def cmd_init(args):
@@ -158,16 +196,16 @@ def cmd_put(args):
 
 
 def cmd_get(args):
-    with _open(args) as n:
+    with _open(args, write=False) as n:
         got = n.get(args.key, with_kinds=True)
-    if got is None:
-        if args.json:
-            print(json.dumps({"key": args.key, "fields": None}))
-        else:
-            print("%s: not found" % args.key, file=sys.stderr)
-        return EXIT_NOT_FOUND
-    _print_record(args.key, got[0], got[1], args.json)
-    return EXIT_OK
+        if got is None:
+            if args.json:
+                print(json.dumps({"key": args.key, "fields": None}))
+            else:
+                print("%s: not found" % args.key, file=sys.stderr)
+            return _incomplete(n, EXIT_NOT_FOUND)
+        _print_record(args.key, got[0], got[1], args.json)
+        return _incomplete(n, EXIT_OK)
 
 
 def cmd_del(args):
@@ -181,7 +219,7 @@ def cmd_del(args):
 
 
 def cmd_scan(args):
-    with _open(args) as n:
+    with _open(args, write=False) as n:
         shown = 0
         for key, rec, kinds in n.scan(args.prefix, with_kinds=True):
             if args.keys_only:
@@ -191,38 +229,35 @@ def cmd_scan(args):
             shown += 1
             if args.limit and shown >= args.limit:
                 break
-    if not args.json and not args.keys_only:
-        print("(%d record%s)" % (shown, "" if shown == 1 else "s"), file=sys.stderr)
-    return EXIT_OK
+        if not args.json and not args.keys_only:
+            print("(%d record%s)" % (shown, "" if shown == 1 else "s"), file=sys.stderr)
+        return _incomplete(n, EXIT_OK)
 
 
 def cmd_watch(args):
     """Follow the op log (no lock: works beside a running writer)."""
     from .change import parse_change
     from .core.opread import describe
+    from .errors import MalformedChange
     from .oplog.log import OpLog
     from .node import read_identity
     read_identity(args.data_dir)
-    log = OpLog(os.path.join(args.data_dir, "log"))
-    pos = None
-    for pos, _ in log.read():
-        pass
-    if pos is None:
-        start = (0, 0)
-    else:
-        start = (pos[0], pos[1] + 1)  # resume after the last entry seen
-        for p, payload in log.read(pos):
-            start = (p[0], p[1] + 8 + len(payload))
+    log = OpLog(os.path.join(args.data_dir, "log"), readonly=True)
+    start = (0, 0)
+    for _, _, start in log.entries():
+        pass  # resume after the last entry there now
     seen = 0
     deadline = time.monotonic() + args.timeout if args.timeout else None
     if not args.json:
         print("watching %r in %s (Ctrl-C to stop)" % (args.prefix, args.data_dir), file=sys.stderr)
     sys.stdout.flush()
     while True:
-        log.segments = sorted(int(n[:-4]) for n in os.listdir(log.dir) if n.endswith(".seg"))
-        for p, payload in log.read(start):
-            start = (p[0], p[1] + 8 + len(payload))
-            c = parse_change(payload)
+        log.segments = log._list()
+        for _, payload, start in log.entries(start):
+            try:
+                c = parse_change(payload)
+            except MalformedChange:
+                continue
             for key, text in describe(c):
                 if key.startswith(args.prefix):
                     if args.json:
@@ -239,7 +274,7 @@ def cmd_watch(args):
 
 
 def cmd_stats(args):
-    with _open(args) as n:
+    with _open(args, write=False) as n:
         s = n.stats()
     if args.json:
         print(json.dumps(s))
@@ -247,6 +282,27 @@ def cmd_stats(args):
         for k, v in s.items():
             print("%-18s %s" % (k, v))
     return EXIT_OK
+
+
+def cmd_repair(args):
+    """Check everything, rebuild what is damaged, report what is missing."""
+    from .repair import repair
+    report = repair(args.data_dir, accept_loss=args.accept_loss, rebuild=args.rebuild)
+    for msg in report["events"]:
+        print("mycelium: %s" % msg, file=sys.stderr)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print("checked %d records and %d log entries: %d record(s) rebuilt, %d damaged log "
+              "byte(s) skipped, %d change(s) to fetch from peers%s"
+              % (report["records"], report["log_entries"], report["rebuilt_records"],
+                 report["log_damaged_bytes"], report["missing_changes"],
+                 "; the store was rebuilt from the op log" if report["rebuilt_store"] else ""))
+        if report["incomplete"]:
+            print("still incomplete: %s. Run `mycelium serve` (or `mycelium sync PEER`) to "
+                  "fetch the missing changes, or `mycelium repair --accept-loss`"
+                  % report["incomplete"], file=sys.stderr)
+    return 10 if report["incomplete"] else EXIT_OK
 
 
 def cmd_demo(args):
@@ -296,6 +352,19 @@ def build_parser():
     s.set_defaults(fn=cmd_demo)
     s = sub.add_parser("stats", help="counts, sizes and the engine in use")
     s.set_defaults(fn=cmd_stats)
+    s = sub.add_parser(
+        "repair", help="check every file, rebuild what is damaged from the op log",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Check the store and the op log end to end. A damaged record is rebuilt "
+                    "from the log; a damaged store is moved to store.damaged and rebuilt whole; "
+                    "changes the log lost are asked of peers the next time this device syncs "
+                    "(`mycelium serve` or `mycelium sync PEER`). Stop `mycelium serve` first.")
+    s.add_argument("--rebuild", action="store_true",
+                   help="rebuild the whole store from the op log even if it checks out")
+    s.add_argument("--accept-loss", action="store_true",
+                   help="stop reporting records as incomplete: accept that changes in damaged "
+                        "log entries, which no peer could send again, are lost")
+    s.set_defaults(fn=cmd_repair)
     sync_parser.register(sub)
     return p
 
@@ -317,6 +386,11 @@ def main(argv=None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_OK
+    except OSError as e:  # a path no typed error covered yet: still no traceback
+        from .fs import error
+        err = error(e, "use", e.filename or args.data_dir)
+        print("mycelium: %s" % err, file=sys.stderr)
+        return err.exit_code
 
 
 if __name__ == "__main__":

@@ -161,6 +161,8 @@ class RemoteNode:
     """The part of the Node API the CLI uses, answered by a running daemon."""
 
     remote = True
+    events = ()        # the daemon reports what it finds in its own log
+    incomplete = None
 
     def __init__(self, path: str, timeout: float = 60.0):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -31,7 +31,7 @@ from .core.batch import (build_batch, build_batch_raw, build_multi, index_map,
 from .errors import (UsageError, StoreCorrupt, ClockSkewError, CoreError, MalformedChange,
                      AgentError)
 from .identity import init_identity, read_identity
-from .oplog.log import OpLog
+from .oplog.log import OpLog, SEGMENT_MAX
 from .reserve import Reserve, SEQ_STEP
 from .store import Store, BlobCorrupt
 from .store.mapped import PRIVATE, READ
@@ -61,7 +61,8 @@ def default_data_dir() -> str:
 class Node:
     def __init__(self, data_dir: str, durable: bool = False, engine=None,
                  max_skew_ms: int = clock_mod.DEFAULT_MAX_SKEW_MS,
-                 flush_interval_ms: int = 100, rss_budget_mb=None, readonly: bool = False):
+                 flush_interval_ms: int = 100, rss_budget_mb=None, readonly: bool = False,
+                 segment_bytes: int = SEGMENT_MAX):
         self.data_dir = data_dir
         self.readonly = readonly
         self.durable = durable
@@ -80,7 +81,8 @@ class Node:
         self._actor_b = _u64.pack(self.actor)
         self.reserve = self._open_reserve()
         self.log = OpLog(os.path.join(data_dir, "log"), durable=durable,
-                         interval_ms=flush_interval_ms, readonly=readonly)
+                         interval_ms=flush_interval_ms, segment_max=segment_bytes,
+                         readonly=readonly)
         self.log.on_damage = self._log_damage
         self.store = None
         try:
@@ -194,6 +196,16 @@ class Node:
         self._settle_seq()
         if not self.readonly:
             self.checkpoint()
+
+    def rebuild_store(self, reason: str = "a rebuild was asked for") -> None:
+        """Rebuild the whole store from the op log (`mycelium repair --rebuild`)."""
+        self._writable()
+        self.store._release()
+        self._rebuild(os.path.join(self.data_dir, "store"), reason)
+        self.me = self.store.actor_index(self.actor)
+        self._me_map = [self.me]
+        self._me_enc = index_map(self._me_map)
+        self._tables = {}
 
     def _replay(self, payloads) -> None:
         """Merge changes read back from our own log (a crash's tail, a

@@ -74,6 +74,21 @@ def boot_id() -> str:
         return ""
 
 
+def writer_holds(directory: str) -> bool:
+    """Does a live writer hold the store in directory (its exclusive lock)?"""
+    try:
+        fd = os.open(os.path.join(directory, "lock"), os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
 def read_meta(directory: str):
     """The store's meta dict, or None if there is none. StoreCorrupt if damaged."""
     path = os.path.join(directory, "meta")

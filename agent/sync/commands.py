@@ -61,13 +61,11 @@ def cmd_peer_add(args):
 
 
 def _our_vv(args, state):
-    """Our version vector: from the store if free, else from what serve last wrote."""
-    from ..errors import StoreLocked
-    try:
-        with _open_node(args) as n:
-            return dict(n.vv), "store"
-    except StoreLocked:
-        return P.vv_int(state.get("vv", {})), "serve (running)"
+    """Our version vector, read from the store (read-only, beside a running
+    serve too)."""
+    from ..node import Node
+    with Node(args.data_dir, readonly=True) as n:
+        return dict(n.vv), "store"
 
 
 def cmd_peer_list(args):
