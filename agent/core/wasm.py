@@ -228,17 +228,13 @@ def _write_cache(a, module, path):
     data = a.ctypes.string_at(v.data, v.size)
     a.byte_vec_delete(a.ctypes.byref(v))
     data += zlib.crc32(data).to_bytes(4, "little")
-    tmp = "%s.%d.tmp" % (path, os.getpid())
+    from .. import fs
+    from ..errors import AgentError
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        fs.mkdir(os.path.dirname(path))
+        fs.atomic_write(path, data)
+    except (OSError, AgentError):
+        pass  # a cache: the module is compiled again next time
 
 
 def _load_module():

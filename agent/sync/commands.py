@@ -11,7 +11,7 @@ import sys
 import time
 
 from ..control import ControlServer, socket_path
-from ..errors import UsageError, SyncError
+from ..errors import AgentError, UsageError, SyncError
 from . import peers as P
 from .errors import PeerUnreachable, UnknownPeer
 from .identity import ensure_identity, normalize_id
@@ -237,6 +237,7 @@ class Daemon:
         self.stop = asyncio.Event()
         self.state_dirty = True
         self.peer_state = P.load_state(data_dir).get("peers", {})
+        self.state_error = None
         self.quiet = quiet
 
     def log(self, msg):
@@ -357,13 +358,24 @@ class Daemon:
                 self.dialers[pid] = asyncio.ensure_future(self.dial(pid))
 
     def save_state(self):
+        """Write state.json; a full disk is logged (once) and retried, never fatal."""
         if not self.state_dirty:
             return
-        self.state_dirty = False
         for pid, e in self.peer_state.items():
             e["connected"] = self.connected(pid)
-        P.save_state(self.data_dir, {"device_id": self.my_id, "vv": P.vv_hex(self.node.vv),
-                                     "peers": self.peer_state})
+        try:
+            P.save_state(self.data_dir, {"device_id": self.my_id, "vv": P.vv_hex(self.node.vv),
+                                         "peers": self.peer_state})
+        except AgentError as e:
+            if str(e) != self.state_error:
+                self.log("cannot save the sync state (%s); retrying every %.0f s"
+                         % (e, STATE_EVERY))
+                self.state_error = str(e)
+            return
+        if self.state_error:
+            self.log("the sync state is saved again")
+            self.state_error = None
+        self.state_dirty = False
 
     def wake_all(self):
         """A local write came in through the control socket: offer it now."""
@@ -372,9 +384,16 @@ class Daemon:
         self.state_dirty = True
 
     async def run(self, host, port, on_listening=None):
-        server = await asyncio.start_server(self.handle, host, port,
-                                            ssl=server_context(self.data_dir),
-                                            ssl_handshake_timeout=10.0)
+        try:
+            server = await asyncio.start_server(self.handle, host, port,
+                                                ssl=server_context(self.data_dir),
+                                                ssl_handshake_timeout=10.0)
+        except OSError as e:
+            raise PeerUnreachable(_listen_hint(host, port, e)) from None
+        loop = asyncio.get_running_loop()
+        self.node.log.on_synced = lambda: loop.call_soon_threadsafe(self.wake_all)
+        for msg in self.node.events:
+            self.log("warning: %s" % msg)
         control = ControlServer(self.node, socket_path(self.data_dir), self.wake_all)
         await control.start()
         bound = server.sockets[0].getsockname()
@@ -427,10 +446,18 @@ def cmd_serve(args):
                     pass
             await d.run(host, port, listening)
 
-        try:
-            asyncio.run(main())
-        except OSError as e:
-            raise PeerUnreachable("cannot listen on %s: %s (is another `mycelium serve` "
-                                  "running? pick another --listen port)" % (args.listen, e)) \
-                from None
+        asyncio.run(main())
     return 0
+
+
+def _listen_hint(host, port, e):
+    import errno
+    if e.errno == errno.EADDRINUSE:
+        why = "the port is in use (is another `mycelium serve` running?): pick another --listen"
+    elif e.errno == errno.EADDRNOTAVAIL:
+        why = "%s is not an address of this machine: use one of its addresses, or 0.0.0.0" % host
+    elif e.errno == errno.EACCES:
+        why = "ports below 1024 need root: pick a port above 1024"
+    else:
+        why = "check the --listen address"
+    return "cannot listen on %s:%d: %s; %s" % (host, port, e.strerror or e, why)

@@ -81,19 +81,40 @@ def normalize_id(text: str) -> str:
     return "-".join(s[i:i + 7] for i in range(0, ID_CHARS, 7))
 
 
+def _damaged(cert):
+    return IdentityError("%s is damaged; restore it (and key.pem) from a backup of this data "
+                         "directory, or move both away and run `mycelium init` to make a new "
+                         "identity (peers must then add the new id)" % cert)
+
+
 def device_id(data_dir: str) -> str:
-    """This device's id (IdentityError if it has none yet)."""
+    """This device's id (IdentityError if it has none yet, or if cert.pem no
+    longer gives the id recorded in identity.json when it was made)."""
+    from ..identity import read_identity
     _, _, cert = identity_paths(data_dir)
     try:
         with open(cert) as f:
             pem = f.read()
-        return cert_id(ssl.PEM_cert_to_DER_cert(pem))
+        did = cert_id(ssl.PEM_cert_to_DER_cert(pem))
     except FileNotFoundError:
         raise IdentityError("%s has no device identity yet; run `mycelium init`" % data_dir) \
             from None
-    except ValueError:
-        raise IdentityError("%s is damaged; move it away and run `mycelium init` to make a "
-                            "new identity (peers must then add the new id)" % cert) from None
+    except (ValueError, UnicodeDecodeError):
+        raise _damaged(cert) from None
+    want = read_identity(data_dir).get("device_id")
+    if want is not None and want != did:
+        raise _damaged(cert)
+    return did
+
+
+def _record(data_dir, did):
+    """Write the new device id into identity.json (it checks cert.pem later)."""
+    from .. import fs
+    from ..identity import identity_path, read_identity
+    ident = read_identity(data_dir)
+    if ident.get("device_id") != did:
+        ident["device_id"] = did
+        fs.write_json(identity_path(data_dir), ident)
 
 
 def _openssl(*args, cwd):
@@ -110,7 +131,8 @@ def ensure_identity(data_dir: str) -> str:
     d, key, cert = identity_paths(data_dir)
     if os.path.exists(key) and os.path.exists(cert):
         return device_id(data_dir)
-    os.makedirs(d, exist_ok=True)
+    from .. import fs
+    fs.mkdir(d)
     tmp = tempfile.mkdtemp(prefix=".identity-", dir=d)
     try:
         with open(os.path.join(tmp, "carrier.key"), "w") as f:
@@ -124,11 +146,11 @@ def ensure_identity(data_dir: str) -> str:
         _openssl("x509", "-req", "-in", "req.csr", "-CA", "carrier.pem",
                  "-CAkey", "carrier.key", "-set_serial", "0x" + os.urandom(16).hex(),
                  "-days", "36500", "-sha256", "-out", "cert.pem", cwd=tmp)
-        os.chmod(os.path.join(tmp, "key.pem"), 0o600)
-        for name, dst in (("key.pem", key), ("cert.pem", cert)):
+        for name, dst in (("key.pem", key), ("cert.pem", cert)):  # both 0600
             with open(os.path.join(tmp, name), "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(os.path.join(tmp, name), dst)
+                fs.atomic_write(dst, f.read())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return device_id(data_dir)
+    did = device_id(data_dir)
+    _record(data_dir, did)
+    return did

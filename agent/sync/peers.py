@@ -3,17 +3,21 @@
 peers.json is changed under a lock file so two `peer add` runs cannot lose
 each other's entry.
 
+Both carry their own CRC (agent/fs.py write_json). A damaged peers.json is
+an error that names it; a damaged state.json (only what sync last learnt)
+is set aside and started afresh.
+
 peers.json: {"version": 1, "peers": {DEVICE_ID: {"addr": "HOST:PORT", "added": unix}}}
 state.json: {"version": 1, "device_id": ID, "vv": {actor_hex: seq}, "updated": unix,
              "peers": {DEVICE_ID: {"vv": {...}, "connected": bool, "last_sync": unix,
                                    "last_error": str|null}}}
 """
 import fcntl
-import json
 import os
 import time
 
-from ..errors import StoreError, UsageError
+from .. import fs
+from ..errors import StoreCorrupt, UsageError
 
 __all__ = ["load_peers", "add_peer", "parse_addr", "load_state", "save_state", "write_json"]
 
@@ -24,23 +28,13 @@ def _paths(data_dir):
 
 
 def write_json(path, obj) -> None:
-    tmp = "%s.%d.tmp" % (path, os.getpid())
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    fs.write_json(path, obj)
 
 
 def _read_json(path, default):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return default
-    except ValueError:
-        raise StoreError("%s is damaged; fix or delete it (peers can be added again "
-                         "with `mycelium peer add`)" % path) from None
+    return fs.read_json(path, "this device's known peers",
+                        "Restore it from a backup, or move it away and add the peers again "
+                        "with `mycelium peer add ID HOST:PORT`", default=default)
 
 
 def parse_addr(text: str):
@@ -59,8 +53,9 @@ def load_peers(data_dir) -> dict:
 def add_peer(data_dir, device_id, addr) -> bool:
     """Add or update a peer; returns True if it was new."""
     d, path, _ = _paths(data_dir)
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, "peers.lock"), "w") as lock:
+    fs.mkdir(d)
+    lockfd = fs.open_fd(os.path.join(d, "peers.lock"), os.O_WRONLY | os.O_CREAT)
+    with os.fdopen(lockfd, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         doc = _read_json(path, {"version": 1, "peers": {}})
         peers = doc.setdefault("peers", {})
@@ -79,12 +74,18 @@ def peers_mtime(data_dir):
 
 
 def load_state(data_dir) -> dict:
-    return _read_json(_paths(data_dir)[2], {"version": 1, "peers": {}})
+    path = _paths(data_dir)[2]
+    try:
+        return fs.read_json(path, "", "", default={"version": 1, "peers": {}})
+    except StoreCorrupt:  # only what sync learnt last time: it learns it again
+        return {"version": 1, "peers": {}, "damaged": True}
 
 
 def save_state(data_dir, state) -> None:
+    """Atomically replace state.json (DiskFull and the like are raised)."""
     d, _, path = _paths(data_dir)
-    os.makedirs(d, exist_ok=True)
+    fs.mkdir(d)
+    state.pop("damaged", None)
     state["version"] = 1
     state["updated"] = int(time.time())
     write_json(path, state)
