@@ -35,7 +35,6 @@ from .oplog.log import OpLog, SEGMENT_MAX
 from .reserve import Reserve, SEQ_STEP
 from .store import Store, BlobCorrupt
 from .store.mapped import PRIVATE, READ
-from .store.store import boot_id
 from .values import Inc, MV, Add, Remove, decode_record, is_visible
 from .vector import Known
 
@@ -127,7 +126,13 @@ class Node:
     def _open(self, max_skew_ms):
         sdir = os.path.join(self.data_dir, "store")
         try:
-            self.store = Store(sdir, readonly=self.readonly)
+            self.store = Store(sdir, readonly=self.readonly, durable=self.durable)
+            if self.store.power_cut() == "relaxed":
+                # Its mapped pages may have reached the disk before the log did:
+                # the store could hold changes the log lost. Rebuild from the log.
+                self.store._release()
+                raise StoreCorrupt("power was lost while a relaxed-mode writer had the store "
+                                   "open (the store may be ahead of the op log)")
         except StoreCorrupt as e:
             self.clock = clock_mod.HLC(self.actor, self.reserve.clock, max_skew_ms)
             self._rebuild(sdir, str(e))
@@ -139,7 +144,7 @@ class Node:
                                    max_skew_ms)
         self.incomplete = meta.get("incomplete")
         start = tuple(meta.get("log", (0, 0)))
-        power_cut = not self.store.was_clean and self.store.last_boot() != boot_id()
+        power_cut = self.store.power_cut() is not None
         if not self.readonly:
             tail = self.log.recover(start)
         elif self.store.mode == PRIVATE:  # dirty, no writer: recover in memory

@@ -114,10 +114,16 @@ def read_meta(directory: str):
 
 
 class Store:
-    def __init__(self, directory: str, readonly: bool = False, memory: bool = False):
+    def __init__(self, directory: str, readonly: bool = False, memory: bool = False,
+                 durable: bool = True):
         """memory=True: a store held in private memory only, rebuilt by the
-        node from the op log for a read-only process (nothing on disk)."""
+        node from the op log for a read-only process (nothing on disk).
+        durable: whether the writer fsyncs each change before saving it (it
+        is recorded: after a power cut, a relaxed writer's store may hold
+        changes its log lost)."""
         self.dir = directory
+        self.durable = durable
+        self.prev_writer = ("", 0, "")
         self.readonly = readonly or memory
         self._closed = False
         self._watches = []
@@ -199,6 +205,7 @@ class Store:
             self._lockfd = fs.open_fd(path, os.O_RDWR | os.O_CREAT)
         except OSError as e:
             raise fs.error(e, "open", path) from None
+        self.prev_writer = self._last_writer()
         deadline = time.monotonic() + 2.0  # a read-only process holds it briefly
         while True:
             try:
@@ -211,23 +218,25 @@ class Store:
                     raise StoreLocked("another mycelium process is using %s; stop it "
                                       "(or use its API) before opening the store" % d) from None
                 time.sleep(0.02)
-        try:  # which boot wrote last: tells a process crash from a power cut
+        self.prev_writer = self._last_writer()
+        try:  # which boot wrote last tells a process crash from a power cut
             os.ftruncate(self._lockfd, 0)
-            os.pwrite(self._lockfd, ("%s %d\n" % (boot_id(), os.getpid())).encode(), 0)
+            os.pwrite(self._lockfd, ("%s %d %s\n" % (boot_id(), os.getpid(), "durable"
+                                                       if self.durable else "relaxed")).encode(), 0)
         except OSError:
             pass
 
     def _last_writer(self):
-        """(boot id, pid) the last writer wrote into the lock file."""
+        """(boot id, pid, "durable" or "relaxed") the last writer recorded."""
         try:
             with open(os.path.join(self.dir, "lock")) as f:
-                boot, pid = f.read().split()
-            return boot, int(pid)
+                boot, pid, mode = f.read().split()
+            return boot, int(pid), mode
         except (OSError, ValueError):
-            return "", 0
+            return "", 0, ""
 
     def _writer_alive(self) -> bool:
-        boot, pid = self._last_writer()
+        boot, pid, _ = self._last_writer()
         if boot != boot_id() or pid <= 0 or pid == os.getpid():
             return False
         try:
@@ -238,8 +247,14 @@ class Store:
         except OSError:
             return True
 
-    def last_boot(self) -> str:
-        return self._last_writer()[0]
+    def power_cut(self):
+        """None after a clean close or a process crash; else "durable" or
+        "relaxed": the store was left dirty by a writer of an earlier boot
+        (the machine lost power, or crashed), in that mode."""
+        boot, _, mode = self.prev_writer if self.mode == WRITE else self._last_writer()
+        if self.was_clean or boot == boot_id():
+            return None
+        return mode or "relaxed"
 
     # -- opening the files
 
@@ -316,8 +331,8 @@ class Store:
         a = self.arenas[cls]
         if a is None:
             path = os.path.join(self.dir, "arena.%d" % SIZE_CLASSES[cls])
-            if self.mode != WRITE and not os.path.exists(path):
-                raise BlobCorrupt(None, -1)
+            if self.mode == READ and not os.path.exists(path):
+                raise BlobCorrupt(None, -1)  # a record names an arena that is not there
             a = self.arenas[cls] = Arena(path, SIZE_CLASSES[cls], free, self.mode)
         return a
 
