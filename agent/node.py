@@ -117,8 +117,8 @@ class Node:
                 raise
             # Rebuilt from the log below, far above anything it could have held.
             self.events.append("%s; it is rebuilt from the op log with a wide margin" % e)
-            os.replace(os.path.join(self.data_dir, "reserve"),
-                       os.path.join(self.data_dir, "reserve.damaged"))
+            fs.rename(os.path.join(self.data_dir, "reserve"),
+                      os.path.join(self.data_dir, "reserve.damaged"))
             r = Reserve(self.data_dir, self.actor)
             r.seq = -1  # marks: recompute after the replay
             return r

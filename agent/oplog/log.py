@@ -157,7 +157,7 @@ class OpLog:
         for name in os.listdir(self.dir):
             if name.endswith(".tmp"):  # a segment that never got its rename
                 try:
-                    os.unlink(os.path.join(self.dir, name))
+                    fs.unlink(os.path.join(self.dir, name))
                 except OSError:
                     pass
         found = []
@@ -222,7 +222,7 @@ class OpLog:
             fs.fsync_dir(self.dir)
         except OSError as e:
             try:
-                os.unlink(tmp)
+                fs.unlink(tmp)
             except OSError:
                 pass
             raise fs.error(e, "start the log segment", path) from None

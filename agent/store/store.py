@@ -220,8 +220,8 @@ class Store:
                 time.sleep(0.02)
         self.prev_writer = self._last_writer()
         try:  # which boot wrote last tells a process crash from a power cut
-            os.ftruncate(self._lockfd, 0)
-            os.pwrite(self._lockfd, ("%s %d %s\n" % (boot_id(), os.getpid(), "durable"
+            fs.ftruncate(self._lockfd, 0)
+            fs.pwrite(self._lockfd, ("%s %d %s\n" % (boot_id(), os.getpid(), "durable"
                                                        if self.durable else "relaxed")).encode(), 0)
         except OSError:
             pass
