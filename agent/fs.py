@@ -40,8 +40,10 @@ class RealFS:
 
     def write(self, fd, data) -> int:
         """Write all of data (a loop over short writes); raises OSError."""
+        done = os.write(fd, data)
+        if done == len(data):
+            return done
         view = memoryview(data)
-        done = 0
         while done < len(view):
             done += os.write(fd, view[done:])
         return done

@@ -71,6 +71,8 @@ class Node:
         self.incomplete = None  # why records may lack changes (the CLI exits non-zero)
         self._holes_pending = False
         self._repaired = {}     # read-only, READ mode: key id -> blob rebuilt from the log
+        self._rebuilds = 0      # stores rebuilt while open (key and field ids change)
+        self._rebuilding = False
         self._since_checkpoint = 0
         self._ops = 0
         self.trims = 0
@@ -113,8 +115,11 @@ class Node:
         try:
             return Reserve(self.data_dir, self.actor, writable=not self.readonly)
         except StoreCorrupt as e:
-            if self.readonly:
-                raise
+            if self.readonly:  # a reader issues nothing: it needs no reservation
+                self.events.append("%s; the next write rebuilds it" % e)
+                r = Reserve.__new__(Reserve)
+                r.path, r.actor, r.writable, r.seq, r.clock = "", self.actor, False, 0, 0
+                return r
             # Rebuilt from the log below, far above anything it could have held.
             self.events.append("%s; it is rebuilt from the op log with a wide margin" % e)
             fs.rename(os.path.join(self.data_dir, "reserve"),
@@ -166,6 +171,13 @@ class Node:
         """The store's structure is damaged (or from an older build): start a
         new one and replay the whole op log into it. A writer keeps the old
         files in store.damaged; a read-only process rebuilds in memory."""
+        self._rebuilding = True
+        try:
+            self._rebuild_from_log(sdir, reason)
+        finally:
+            self._rebuilding = False
+
+    def _rebuild_from_log(self, sdir, reason):
         self.known = Known()
         self.seq = max(self.reserve.seq, 0)
         if self.readonly:
@@ -271,9 +283,34 @@ class Node:
             self.store.refresh_names()
             return decode_record(blob, self.store.field_names, with_kinds)
 
+    def _store_damaged(self, e):
+        """A store structure (not one record) failed a check while in use:
+        rebuild the store from the log (a writer on disk, a read-only process
+        in memory); the caller then retries."""
+        if self.store.dir.endswith(".in-memory") or self._rebuilding:
+            raise e  # rebuilt from the log already: nothing better to rebuild it from
+        self._rebuilds += 1
+        self.store._release()
+        self._rebuild(os.path.join(self.data_dir, "store"), str(e))
+        self.me = self.store.actor_index(self.actor)
+        self._me_map = [self.me]
+        self._me_enc = index_map(self._me_map)
+        self._tables = {}
+        self._repaired = {}
+
+    def _retry(self, method, *args):
+        """store.method(*args), once more after rebuilding a store found damaged."""
+        try:
+            return getattr(self.store, method)(*args)
+        except BlobCorrupt:
+            raise
+        except StoreCorrupt as e:
+            self._store_damaged(e)
+            return getattr(self.store, method)(*args)
+
     def _blob(self, key, kid=None):
         """The record's blob (None if absent); rebuilt from the log if it
-        failed its checksum."""
+        failed its checksum, with the whole store if its index did."""
         try:
             if kid is None:
                 return self.store.load(key)
@@ -286,6 +323,9 @@ class Node:
             if got is None:
                 return self.store.load(key) if kid is None else self.store.load_id(kid, key)
             return got or None
+        except StoreCorrupt as e:
+            self._store_damaged(e)
+            return self.store.load(key)  # key ids change in a rebuilt store
 
     def get(self, key: str, with_kinds: bool = False):
         """The record's fields as a dict, or None if absent or deleted."""
@@ -295,22 +335,30 @@ class Node:
             self._ops += 1
             if self._ops >= TRIM_CHECK_EVERY:
                 self._check_memory()
-        blob = self._blob(key)
+        try:
+            blob = self.store.load(key)
+        except (StoreCorrupt, BlobCorrupt):
+            blob = self._blob(key)
+        except AttributeError:
+            raise UsageError("this node is closed") from None
         if blob is None:
             return None
-        return self._decode(blob, with_kinds)
+        try:
+            return decode_record(blob, self.store.field_names, with_kinds)
+        except IndexError:
+            return self._decode(blob, with_kinds)
 
     def scan(self, prefix: str = "", with_kinds: bool = False):
         """Yield (key, fields) of visible records under prefix, in key order;
         (key, fields, kinds) with with_kinds."""
-        for key, kid in self.store.scan(prefix):
+        for key, kid in self._retry("scan", prefix):
             blob = self._blob(key, kid)
             got = self._decode(blob, with_kinds) if blob else None
             if got is not None:
                 yield (key, got[0], got[1]) if with_kinds else (key, got)
 
     def count(self) -> int:
-        return self.store.count()
+        return self._retry("count")
 
     def watch(self, prefix: str, callback):
         """Call callback(key, fields_or_None) after each change under prefix.
@@ -330,17 +378,21 @@ class Node:
         """Merge fields into key's record. Plain values are lww; use Inc, MV,
         Add and Remove for the other kinds. Returns once acknowledged (in
         durable mode: on disk). A refused write changes nothing."""
-        self._writable()
+        if self.readonly or self._closed:
+            self._writable()
         if not isinstance(key, str) or not key:
             raise UsageError("a key must be a non-empty string")
         if not isinstance(fields, dict) or not fields:
             raise UsageError("put needs a dict of at least one field")
-        store = self.store
         kb = key.encode("utf-8")
-        kid = store.find(kb)
+        kid = self._retry("find", kb)
+        store = self.store
         blob = b""
         if kid >= 0:
+            rebuilds = self._rebuilds
             blob = self._load(key, kid)
+            if self._rebuilds != rebuilds:  # the store was rebuilt: ids changed
+                return self.put(key, fields)
             if blob:
                 self._check_kinds(key, blob, fields)
         stamp = self._stamp()
@@ -392,7 +444,7 @@ class Node:
         self._writable()
         if not isinstance(key, str) or not key:
             raise UsageError("a key must be a non-empty string")
-        kid = self.store.find(key.encode("utf-8"))
+        kid = self._retry("find", key.encode("utf-8"))
         blob = self._load(key, kid) if kid >= 0 else b""
         if not blob or self._decode(blob, False) is None:
             return False
@@ -403,7 +455,8 @@ class Node:
 
     def _stamp(self) -> int:
         stamp = self.clock.now()
-        self.reserve.need_clock(stamp)  # durably reserved before use
+        if stamp > self.reserve.clock:
+            self.reserve.need_clock(stamp)  # durably reserved before use
         return stamp
 
     def _check_kinds(self, key, blob, fields):
@@ -434,17 +487,19 @@ class Node:
         else:
             atab = actor_table([store.actor_id(i) for i in amap])
         new = blobs[0]
-        store.make_room([(kid, kb, len(new))])  # RecordTooLarge, DiskFull: nothing logged
+        store.make_room_one(kid, kb, len(new))  # RecordTooLarge, DiskFull: nothing logged
         seq = self.seq + 1
-        self.reserve.need_seq(seq)
-        prev = self.known.vv.get(self.actor, 0)
+        if seq > self.reserve.seq:
+            self.reserve.need_seq(seq)
+        vv = self.known.vv
+        prev = vv.get(self.actor, 0)
         raw = build_change_raw(self._actor_b, seq, prev, stamp,
                                b"\x01" + varint(len(kb)) + kb, ftab, atab, rnops, rops)
         self.seq = seq  # issued: never again, even if the append below fails
         self.log.append(raw)
         if self.durable:
             self.log.commit()
-        self.known.add(self.actor, seq, prev)
+        vv[self.actor] = seq  # = known.add(actor, seq, prev): prev is our top
         if not visible:
             visible = is_visible(new)
         store.begin()
@@ -516,7 +571,11 @@ class Node:
             if amap is None:
                 amap = amaps[actors] = index_map([actor_index(a) for a in actors])
             sections.append((fmap, amap, index_map(kmap), c.nops, c.ops))
+        rebuilds = self._rebuilds
         kids, blobs = self._load_many(kbs)
+        if self._rebuilds != rebuilds:  # the store was rebuilt: ids changed
+            self._merge_group(cs, replay)
+            return
         try:
             out = self.engine.merge(build_multi(store.actor_table, blobs, sections))
             max_h, new = parse_merge_result(out)
@@ -554,7 +613,10 @@ class Node:
     def _load_many(self, kbs):
         try:
             return self.store.load_many(kbs)
-        except BlobCorrupt as e:
+        except StoreCorrupt as e:
+            if not isinstance(e, BlobCorrupt):
+                self._store_damaged(e)
+                return self.store.load_many(kbs)
             self.repair({e.kid})
             if self.store.mode == READ:
                 kids, blobs = [], []

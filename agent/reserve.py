@@ -27,9 +27,8 @@ class Reserve:
         self.actor = actor
         self.writable = writable
         d = fs.read_json(self.path, "this device's reserved sequence numbers and clock",
-                         "Remove it only if no copy of this data directory ever wrote: "
-                         "otherwise restore it from a backup", default=None,
-                         legacy_ok=False)
+                         "The next write (or `mycelium repair`) rebuilds it from the op log "
+                         "with a wide margin", default=None, legacy_ok=False)
         if d is None:
             self.seq = self.clock = 0
         elif int(d.get("actor", "0"), 16) != actor:

@@ -146,7 +146,7 @@ class KeyIndex:
     def find(self, kb: bytes) -> int:
         return self.find_entry(kb)[0]
 
-    def _place(self, h: int, kid: int) -> None:
+    def _place(self, h: int, kid: int, seal: bool = True) -> None:
         nb = self.nb
         i = h % nb
         hm = self.hash.mm
@@ -159,21 +159,29 @@ class KeyIndex:
             if i == nb:
                 i = 0
         off = b * BLOCK
+        if seal and not self._ok[b]:
+            self._block_ok(b)  # never seal damage in: (a lookup has checked it already)
         _u64.pack_into(hm, off + p * 8, (h << 32) | (kid + 1))
-        _u64.pack_into(hm, off + BLOCK - 8, HASH_MAGIC << 32 | _crc(hm[off:off + BLOCK - 8]))
-        self._ok[b] = 1
+        if seal:
+            _u64.pack_into(hm, off + BLOCK - 8, HASH_MAGIC << 32 | _crc(hm[off:off + BLOCK - 8]))
 
-    def rehash(self, blocks: int = 0) -> None:
-        """Rebuild keys.hash from keys.tab: on growth, after a crash, or when
-        a block failed its check. Raises StoreCorrupt if keys.tab is damaged."""
+    def rehash(self, blocks: int = 0, check: bool = True) -> None:
+        """Rebuild keys.hash from keys.tab: on growth (check=False: our own
+        entries, just written), after a crash, or when a block failed its
+        check. Raises StoreCorrupt if a checked keys.tab entry is damaged."""
         hf = self.hash
         hf.ensure(max(blocks, blocks_for(self.n)) * BLOCK)
         blocks = hf.size // BLOCK  # the whole file: it never shrinks
-        hf.mm[:blocks * BLOCK] = _EMPTY_BLOCK * blocks
+        hm = hf.mm
+        hm[:blocks * BLOCK] = bytes(blocks * BLOCK)
         self.nb = blocks * PER_BLOCK
-        self._ok = bytearray(b"\x01") * blocks
+        key = self._checked_key if check else self.key
         for kid in range(self.n):
-            self._place(_crc(self._checked_key(kid)), kid)
+            self._place(_crc(key(kid)), kid, seal=False)
+        for b in range(blocks):
+            off = b * BLOCK
+            _u64.pack_into(hm, off + BLOCK - 8, HASH_MAGIC << 32 | _crc(hm[off:off + BLOCK - 8]))
+        self._ok = bytearray(b"\x01") * blocks
 
     def rebuild_private(self) -> None:
         """A read-only process met a bad hash block: rebuild the hash in its
@@ -188,7 +196,8 @@ class KeyIndex:
         off, ln, cls, _, slot, crc = ENTRY.unpack_from(self.tab.mm, HDR_SIZE + kid * ESIZE)
         if off + 2 + ln > self.heap_used or crc != entry_crc(
                 kid, off, ln, cls, slot, self.heap.mm[off + 2:off + 2 + ln]):
-            raise StoreCorrupt("store/keys.tab entry %d failed its checksum" % kid)
+            raise StoreCorrupt("store/keys.tab entry %d (or its key in store/keys.heap) "
+                               "failed its checksum" % kid)
 
     def _checked_key(self, kid: int) -> bytes:
         self._check_entry(kid)
@@ -199,10 +208,11 @@ class KeyIndex:
         _, _, cls, _, slot, _ = ENTRY.unpack_from(self.tab.mm, HDR_SIZE + kid * ESIZE)
         return cls, slot
 
-    def set_location(self, kid: int, cls: int, slot: int) -> None:
+    def set_location(self, kid: int, cls: int, slot: int, kb: bytes = None) -> None:
         at = HDR_SIZE + kid * ESIZE
         off, ln, _, _, _, _ = ENTRY.unpack_from(self.tab.mm, at)
-        kb = self.heap.mm[off + 2:off + 2 + ln]
+        if kb is None or len(kb) != ln:
+            kb = self.heap.mm[off + 2:off + 2 + ln]
         ENTRY.pack_into(self.tab.mm, at, off, ln, cls, 0, slot,
                         entry_crc(kid, off, ln, cls, slot, kb))
 
@@ -220,7 +230,8 @@ class KeyIndex:
                 ENTRY.iter_unpack(tm[HDR_SIZE:HDR_SIZE + self.n * ESIZE])):
             if off + 2 + ln > used or crc != entry_crc(kid, off, ln, cls, slot,
                                                        heap[off + 2:off + 2 + ln]):
-                raise StoreCorrupt("store/keys.tab entry %d failed its checksum" % kid)
+                raise StoreCorrupt("store/keys.tab entry %d (or its key in store/keys.heap) "
+                               "failed its checksum" % kid)
             yield kid, cls, slot
 
     def scan(self, prefix: bytes):
@@ -234,7 +245,8 @@ class KeyIndex:
             if ln >= lp and hm[off + 2:off + 2 + lp] == prefix:
                 if off + 2 + ln > used or crc != entry_crc(kid, off, ln, cls, slot,
                                                            hm[off + 2:off + 2 + ln]):
-                    raise StoreCorrupt("store/keys.tab entry %d failed its checksum" % kid)
+                    raise StoreCorrupt("store/keys.tab entry %d (or its key in store/keys.heap) "
+                               "failed its checksum" % kid)
                 out.append(kid)
         return out
 
@@ -246,7 +258,7 @@ class KeyIndex:
         self.heap.ensure(self.heap_used + nbytes + 2 * nkeys)
         self.tab.ensure(HDR_SIZE + (self.n + nkeys) * ESIZE)
         if (self.n + nkeys) * 10 > self.nb * 7:
-            self.rehash(blocks_for(self.n + nkeys))
+            self.rehash(blocks_for(self.n + nkeys), check=False)
 
     def intern(self, kb: bytes) -> int:
         kid = self.find(kb)
@@ -255,8 +267,10 @@ class KeyIndex:
         ln = len(kb)
         if ln == 0 or ln > MAX_KEY:
             raise UsageError("a key must be 1 to %d bytes of UTF-8" % MAX_KEY)
-        self.ensure_room(1, ln)
         off = self.heap_used
+        if (off + 2 + ln > self.heap.size or HDR_SIZE + (self.n + 1) * ESIZE > self.tab.size
+                or (self.n + 1) * 10 > self.nb * 7):
+            self.ensure_room(1, ln)  # (make_room has done this on the write path)
         hm = self.heap.mm
         _u16.pack_into(hm, off, ln)
         hm[off + 2:off + 2 + ln] = kb

@@ -31,7 +31,7 @@ from pyroaring import BitMap
 
 from .. import fs
 from ..errors import StoreCorrupt, StoreLocked, RecordTooLarge, StoreError
-from .arena import Arena, SIZE_CLASSES, MAX_BLOB, class_for
+from .arena import Arena, SIZE_CLASSES, MAX_BLOB, class_for, HEADER as _SLOT
 from .keyindex import KeyIndex, HashDamaged, NO_CLASS
 from .mapped import WRITE, READ, PRIVATE, MappedFile
 from .names import Table
@@ -42,6 +42,8 @@ _meta_hdr = struct.Struct("<BBHI")
 _live = struct.Struct("<QQQQ")  # generation, keys, heap bytes, hash blocks
 _bm_entry = struct.Struct("<HI")
 CLEAN = "clean"
+_NCLASSES = len(SIZE_CLASSES)
+_gen = struct.Struct("<Q")
 
 
 class BlobCorrupt(StoreCorrupt):
@@ -131,6 +133,7 @@ class Store:
         self.damaged = set()
         self.arenas = [None] * len(SIZE_CLASSES)
         self.live_writer = False
+        self._gen = 0
         self.keys = None
         self.live = None
         self.fields = self.actors = None
@@ -163,6 +166,7 @@ class Store:
         clean = meta is not None and os.path.exists(os.path.join(d, CLEAN))
         self.meta = meta or {}
         self.was_clean = clean or meta is None
+        self._check_sizes(self.meta.get("sizes", {}))
         if self.readonly:
             self.mode = READ if (clean or self.live_writer) else PRIVATE
         else:
@@ -183,6 +187,18 @@ class Store:
         self.was_clean = True
         self.meta = {}
         self._open_files({}, dirty=False, empty=True)
+
+    def _check_sizes(self, sizes):
+        """Store files only grow: one shorter than at the last checkpoint was
+        cut (damage), which opening it for writing would hide under zeros."""
+        for name, size in sizes.items():
+            try:
+                have = os.path.getsize(os.path.join(self.dir, name))
+            except FileNotFoundError:
+                have = 0
+            if have < size:
+                raise StoreCorrupt("store/%s is shorter than at the last checkpoint (%d of %d "
+                                   "bytes)" % (name, have, size))
 
     # -- locking and the live file
 
@@ -290,7 +306,8 @@ class Store:
         if writable:
             self.live = MappedFile(os.path.join(d, "live"), 4096, WRITE)
             mm = self.live.mm
-            _live.pack_into(mm, 0, _live.unpack_from(mm, 0)[0] | 1, 0, 0, 0)  # busy
+            self._gen = _live.unpack_from(mm, 0)[0] | 1
+            _live.pack_into(mm, 0, self._gen, 0, 0, 0)  # busy until the end of the open
         try:
             self.keys = KeyIndex(d, mode, n, heap, 0 if dirty else meta.get("hash_blocks", 0))
         except HashDamaged:
@@ -313,17 +330,17 @@ class Store:
     # -- the seqlock (writer side): begin() before changing mapped files, end() after
 
     def begin(self):
-        if self.live is not None:
-            mm = self.live.mm
-            _live.pack_into(mm, 0, _live.unpack_from(mm, 0)[0] | 1, self.keys.n,
-                            self.keys.heap_used, self.keys.hash_blocks())
+        live = self.live
+        if live is not None:
+            self._gen |= 1
+            _gen.pack_into(live.mm, 0, self._gen)
 
     def end(self):
-        if self.live is not None:
-            mm = self.live.mm
-            g = _live.unpack_from(mm, 0)[0]
-            _live.pack_into(mm, 0, (g | 1) + 1, self.keys.n, self.keys.heap_used,
-                            self.keys.hash_blocks())
+        live = self.live
+        if live is not None:
+            self._gen = (self._gen | 1) + 1
+            k = self.keys
+            _live.pack_into(live.mm, 0, self._gen, k.n, k.heap_used, k.hash.size // 512)
 
     # -- arenas and bitmaps
 
@@ -505,7 +522,29 @@ class Store:
 
     def load(self, key: str):
         """The blob of key, or None. Raises BlobCorrupt on a bad checksum."""
-        return self._consistent(self._load, key.encode("utf-8"), key)
+        if self.live_writer:
+            return self._consistent(self._load, key.encode("utf-8"), key)
+        kb = key.encode("utf-8")
+        try:
+            kid, cls, slot = self.keys.find_entry(kb)
+        except HashDamaged:
+            self._rehash()
+            kid, cls, slot = self.keys.find_entry(kb)
+        if kid < 0:
+            return None
+        a = self.arenas[cls] if cls < _NCLASSES else None
+        if a is not None:  # the read path, inline: one slot, its CRC
+            f = a.file
+            off = slot * a.size
+            if off + a.size <= f.size:
+                mm = f.mm
+                crc, skid, lenflag = _SLOT.unpack_from(mm, off)
+                n = lenflag & 0x7FFF
+                if skid == kid and n <= a.size - 10:
+                    blob = mm[off + 10:off + 10 + n]
+                    if crc == _crc(blob, _crc(mm[off + 4:off + 10])):
+                        return blob
+        return self._blob(kid, cls, slot, key)
 
     def _load_id(self, kid, key):
         cls, slot = self.keys.location(kid)
@@ -515,7 +554,13 @@ class Store:
         return self._consistent(self._load_id, kid, key)
 
     def find(self, kb: bytes) -> int:
-        return self._consistent(self.keys.find, kb)
+        if self.live_writer:
+            return self._consistent(self.keys.find, kb)
+        try:
+            return self.keys.find_entry(kb)[0]
+        except HashDamaged:
+            self._rehash()
+            return self.keys.find_entry(kb)[0]
 
     def load_many(self, kbs):
         """(key ids, blobs) for a list of encoded keys: -1 and b"" where
@@ -531,6 +576,17 @@ class Store:
             kids.append(kid)
             blobs.append(b"" if kid < 0 else (blob(kid, cls, slot, None) or b""))
         return kids, blobs
+
+    def make_room_one(self, kid, kb, n) -> None:
+        """make_room for one record (the local write path)."""
+        if n > MAX_BLOB or kid < 0:
+            self.make_room(((kid, kb, n),))
+            return
+        if n:
+            cls = class_for(n)
+            a = self.arenas[cls]
+            if a is None or (not a.free and self.keys.location(kid)[0] != cls):
+                self.make_room(((kid, kb, n),))
 
     def make_room(self, items) -> None:
         """Grow every file that saving items (a list of (key id or -1, key
@@ -578,7 +634,7 @@ class Store:
                 a = self.arenas[cls] or self._arena(cls)
                 slot = a.alloc()
                 a.write(slot, kid, blob, visible)
-                keys.set_location(kid, cls, slot)
+                keys.set_location(kid, cls, slot, kb)
             else:
                 keys.set_location(kid, NO_CLASS, 0)
             if old_cls != NO_CLASS and self.arenas[old_cls] is not None:
@@ -678,6 +734,9 @@ class Store:
         meta.update(keys=self.keys.n, heap=self.keys.heap_used,
                     hash_blocks=self.keys.hash_blocks(), fields=len(self.fields),
                     actors=len(self.actors))
+        files = [self.keys.heap, self.keys.tab, self.keys.hash] + [
+            a.file for a in self.arenas if a is not None]
+        meta["sizes"] = {os.path.basename(f.path): f.size for f in files}
         self._write_meta(meta)
 
     def _write_meta(self, meta):
