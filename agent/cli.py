@@ -103,7 +103,7 @@ def _remote(data_dir):
     """A stand-in asking the running `mycelium serve` over its control
     socket, or None if no serve holds the data directory."""
     from .control import RemoteNode, socket_path
-    from .store.store import writer_holds
+    from .store.lock import writer_holds
     path = socket_path(data_dir)
     if not os.path.exists(path) or not writer_holds(os.path.join(data_dir, "store")):
         return None

@@ -17,11 +17,9 @@ rebuilt from the log; a store whose structure is damaged is moved aside to
 (readonly=True: get, scan, stats) writes nothing: it repairs in memory.
 """
 import os
-import shutil
 import struct
 
 from . import clock as clock_mod
-from . import fs
 from .change import actor_table, build_change_raw, change_head, parse_change, string_table
 from .codec import varint
 from .core import load_engine
@@ -32,16 +30,15 @@ from .errors import (UsageError, StoreCorrupt, ClockSkewError, CoreError, Malfor
                      AgentError)
 from .identity import init_identity, read_identity
 from .oplog.log import OpLog, SEGMENT_MAX
-from .reserve import Reserve, SEQ_STEP
-from .store import Store, BlobCorrupt
-from .store.mapped import PRIVATE, READ
+from .recovery import Recovery
+from .store import BlobCorrupt
+from .store.mapped import READ
 from .values import Inc, MV, Add, Remove, decode_record, is_visible
 from .vector import Known
 
 __all__ = ["Node", "default_data_dir", "init_identity", "read_identity"]
 
 CHECKPOINT_EVERY = 50_000
-REPLAY_GROUP = 1000
 Z = b"\x00"  # key index 0 and actor index 0 of a local change: its one key, this device
 TRIM_CHECK_EVERY = 2048
 # 0: off. Trimming trades read latency (pages fault back in) for a bounded
@@ -57,7 +54,7 @@ def default_data_dir() -> str:
     return os.path.join(base, "mycelium")
 
 
-class Node:
+class Node(Recovery):
     def __init__(self, data_dir: str, durable: bool = False, engine=None,
                  max_skew_ms: int = clock_mod.DEFAULT_MAX_SKEW_MS,
                  flush_interval_ms: int = 100, rss_budget_mb=None, readonly: bool = False,
@@ -109,159 +106,6 @@ class Node:
             init_identity(data_dir)
         return cls(data_dir, **kw)
 
-    # -- opening
-
-    def _open_reserve(self):
-        try:
-            return Reserve(self.data_dir, self.actor, writable=not self.readonly)
-        except StoreCorrupt as e:
-            if self.readonly:  # a reader issues nothing: it needs no reservation
-                self.events.append("%s; the next write rebuilds it" % e)
-                r = Reserve.__new__(Reserve)
-                r.path, r.actor, r.writable, r.seq, r.clock = "", self.actor, False, 0, 0
-                return r
-            # Rebuilt from the log below, far above anything it could have held.
-            self.events.append("%s; it is rebuilt from the op log with a wide margin" % e)
-            fs.rename(os.path.join(self.data_dir, "reserve"),
-                      os.path.join(self.data_dir, "reserve.damaged"))
-            r = Reserve(self.data_dir, self.actor)
-            r.seq = -1  # marks: recompute after the replay
-            return r
-
-    def _open(self, max_skew_ms):
-        sdir = os.path.join(self.data_dir, "store")
-        try:
-            self.store = Store(sdir, readonly=self.readonly, durable=self.durable)
-            if self.store.power_cut() == "relaxed":
-                # Its mapped pages may have reached the disk before the log did:
-                # the store could hold changes the log lost. Rebuild from the log.
-                self.store._release()
-                raise StoreCorrupt("power was lost while a relaxed-mode writer had the store "
-                                   "open (the store may be ahead of the op log)")
-        except StoreCorrupt as e:
-            self.clock = clock_mod.HLC(self.actor, self.reserve.clock, max_skew_ms)
-            self._rebuild(sdir, str(e))
-            return
-        meta = self.store.meta
-        self.known = Known.from_json(meta)
-        self.seq = max(meta.get("seq", 0), self.reserve.seq)
-        self.clock = clock_mod.HLC(self.actor, max(meta.get("clock", 0), self.reserve.clock),
-                                   max_skew_ms)
-        self.incomplete = meta.get("incomplete")
-        start = tuple(meta.get("log", (0, 0)))
-        power_cut = self.store.power_cut() is not None
-        if not self.readonly:
-            tail = self.log.recover(start)
-        elif self.store.mode == PRIVATE:  # dirty, no writer: recover in memory
-            tail = list(self.log.read(start))
-        else:
-            tail = []
-        hits = self.log.hits
-        self._replay(payload for _, payload in tail)
-        if self.log.hits > hits and power_cut:
-            self._mark_incomplete("the op log was damaged after a power cut: changes written "
-                                  "after the last checkpoint may be missing")
-        if self.log.hits > hits or self.log.damage:
-            self._holes_pending = True
-        if self.store.damaged:
-            self.repair(self.store.damaged)
-        self._settle_seq()
-
-    def _rebuild(self, sdir, reason):
-        """The store's structure is damaged (or from an older build): start a
-        new one and replay the whole op log into it. A writer keeps the old
-        files in store.damaged; a read-only process rebuilds in memory."""
-        self._rebuilding = True
-        try:
-            self._rebuild_from_log(sdir, reason)
-        finally:
-            self._rebuilding = False
-
-    def _rebuild_from_log(self, sdir, reason):
-        self.known = Known()
-        self.seq = max(self.reserve.seq, 0)
-        if self.readonly:
-            self.store = Store(sdir, memory=True)
-            self.events.append("%s: answering from a copy rebuilt in memory from the op log; "
-                               "run `mycelium repair` to rebuild it on disk" % reason)
-        else:
-            aside = sdir + ".damaged"
-            try:
-                if os.path.exists(aside):
-                    shutil.rmtree(aside)
-                if os.path.exists(sdir):
-                    fs.rename(sdir, aside)
-                    fs.fsync_dir(self.data_dir)
-            except OSError as e:
-                raise fs.error(e, "move the damaged store aside to", aside) from None
-            self.store = Store(sdir)
-            self.log.recover((0, 0), collect=False)
-            self.events.append("%s: rebuilt the store from the op log (the damaged files are in "
-                               "%s)" % (reason, aside))
-        hits = self.log.hits
-        group = []
-        for _, payload in self.log.read():
-            group.append(payload)
-            if len(group) >= REPLAY_GROUP:
-                self._replay(group)
-                group = []
-        self._replay(group)
-        if self.log.hits > hits:
-            self._mark_incomplete("the store was rebuilt from an op log with damaged entries: "
-                                  "records may miss the changes in them")
-        self._holes_pending = bool(self.log.damage)
-        self._settle_seq()
-        if not self.readonly:
-            self.checkpoint()
-
-    def rebuild_store(self, reason: str = "a rebuild was asked for") -> None:
-        """Rebuild the whole store from the op log (`mycelium repair --rebuild`)."""
-        self._writable()
-        self.store._release()
-        self._rebuild(os.path.join(self.data_dir, "store"), reason)
-        self.me = self.store.actor_index(self.actor)
-        self._me_map = [self.me]
-        self._me_enc = index_map(self._me_map)
-        self._tables = {}
-
-    def _replay(self, payloads) -> None:
-        """Merge changes read back from our own log (a crash's tail, a
-        rebuild). Entries the log could not parse are skipped and reported."""
-        group = []
-        for raw in payloads:
-            self.replayed += 1
-            try:
-                group.append(parse_change(raw))
-            except MalformedChange as e:
-                self.events.append("a log entry does not parse (%s); skipped" % e)
-                continue
-            if len(group) >= REPLAY_GROUP:
-                self._merge_group(group, replay=True)
-                group = []
-        if group:
-            self._merge_group(group, replay=True)
-
-    def _settle_seq(self):
-        own = self.known.vv.get(self.actor, 0)
-        if self.reserve.seq < 0:  # the reserve was damaged: leap far past the log
-            self.seq = own + 100 * SEQ_STEP
-            self.clock.last += 3600_000 << 16
-            if not self.readonly:
-                self.reserve.need_seq(self.seq)
-                self.reserve.need_clock(self.clock.last)
-        self.seq = max(self.seq, own)
-
-    def _log_damage(self, path, start, end):
-        self.events.append("%s: %d damaged bytes at offset %d were skipped; the changes in them "
-                           "are fetched again from peers" % (path, end - start, start))
-        self._holes_pending = True
-
-    def _mark_incomplete(self, why):
-        self.incomplete = why
-        self.events.append(why + "; fetch them again from a peer (`mycelium serve` or "
-                           "`mycelium sync PEER`), or accept the loss with "
-                           "`mycelium repair --accept-loss`")
-
     # -- engine (loaded on first write or merge, never for reads)
 
     @property
@@ -282,31 +126,6 @@ class Node:
         except IndexError:  # a name interned by a writer after we opened
             self.store.refresh_names()
             return decode_record(blob, self.store.field_names, with_kinds)
-
-    def _store_damaged(self, e):
-        """A store structure (not one record) failed a check while in use:
-        rebuild the store from the log (a writer on disk, a read-only process
-        in memory); the caller then retries."""
-        if self.store.dir.endswith(".in-memory") or self._rebuilding:
-            raise e  # rebuilt from the log already: nothing better to rebuild it from
-        self._rebuilds += 1
-        self.store._release()
-        self._rebuild(os.path.join(self.data_dir, "store"), str(e))
-        self.me = self.store.actor_index(self.actor)
-        self._me_map = [self.me]
-        self._me_enc = index_map(self._me_map)
-        self._tables = {}
-        self._repaired = {}
-
-    def _retry(self, method, *args):
-        """store.method(*args), once more after rebuilding a store found damaged."""
-        try:
-            return getattr(self.store, method)(*args)
-        except BlobCorrupt:
-            raise
-        except StoreCorrupt as e:
-            self._store_damaged(e)
-            return getattr(self.store, method)(*args)
 
     def _blob(self, key, kid=None):
         """The record's blob (None if absent); rebuilt from the log if it
@@ -667,78 +486,6 @@ class Node:
             if not known.has(actor, seq):
                 yield raw
 
-    def repair(self, kids) -> None:
-        """Rebuild the blobs of damaged records from the whole op log."""
-        store = self.store
-        kids = set(kids)
-        targets = {}
-        for k in kids:
-            try:
-                targets[store.keys.key(k).decode("utf-8")] = k
-            except UnicodeDecodeError:
-                raise StoreCorrupt("store/keys.heap: key %d is damaged" % k) from None
-        state = {k: b"" for k in targets}
-        hits = self.log.hits
-        for _, raw in self.log.read():
-            try:
-                c = parse_change(raw)
-            except MalformedChange:
-                continue
-            if not any(k in targets for k in c.keys):
-                continue
-            blobs = [state.get(k, b"") for k in c.keys]
-            batch = build_batch(store.actor_table, [store.field_id(f) for f in c.fields],
-                                [store.actor_index(a) for a in c.actors], blobs, c.nops, c.ops)
-            _, new = parse_merge_result(self.engine.merge(batch))
-            for k, b in zip(c.keys, new):
-                if k in state:
-                    state[k] = b
-        if self.log.hits > hits:
-            self._mark_incomplete("records were rebuilt from an op log with damaged entries: "
-                                  "they may miss the changes in them")
-        self.events.append("rebuilt %d damaged record(s) from the op log" % len(state))
-        if store.mode == READ:
-            for key, blob in state.items():
-                self._repaired[targets[key]] = blob
-            return
-        kbs = [k.encode("utf-8") for k in state]
-        store.make_room([(targets[k], kb, len(b)) for (k, b), kb in zip(state.items(), kbs)])
-        store.begin()
-        try:
-            for key, blob in state.items():
-                store.save(key, blob, is_visible(blob), targets[key])
-        finally:
-            store.end()
-        store.damaged -= kids
-
-    def scan_log(self) -> int:
-        """Walk the log's change headers: every change one of its successors
-        names as prev but that the log no longer holds becomes a gap in
-        `known`, so peers send it again. Returns the number found."""
-        self._holes_pending = False
-        last = {}
-        found = 0
-        for _, raw in self.log.read():
-            try:
-                actor, seq, prev, _ = change_head(raw)
-            except MalformedChange:
-                continue
-            top = last.get(actor, 0)
-            if prev > top and self.known.has(actor, prev):
-                for s in (prev,) if prev - top > 64 else range(top + 1, prev + 1):
-                    self.known.lose(actor, s)
-                found += 1
-            if seq > top:
-                last[actor] = seq
-        for actor, top in self.known.vv.items():
-            if last.get(actor, 0) < top and self.known.has(actor, top):
-                self.known.lose(actor, top)
-                found += 1
-        if found:
-            self.events.append("the op log lacks %d change(s) this node held; peers are asked "
-                               "for them again" % found)
-        return found
-
     # -- lifecycle
 
     def _check_memory(self):
@@ -770,13 +517,6 @@ class Node:
         self.log.commit()
         self.store.checkpoint(self._meta())
         self._since_checkpoint = 0
-
-    def accept_loss(self) -> None:
-        """The operator accepts that some changes are lost (`mycelium repair
-        --accept-loss`): stop reporting the store as incomplete."""
-        self._writable()
-        self.incomplete = None
-        self.checkpoint()
 
     def _meta(self):
         m = {"log": list(self.log.end()), "seq": self.seq, "clock": self.clock.last}

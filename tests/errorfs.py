@@ -36,7 +36,7 @@ class FaultyFS(RealFS):
     def __init__(self):
         self.rules = []
         self.paths = {}        # fd -> path at open
-        self.fds = set()
+        self.fds = {}          # fd -> inode, of the fds handed out and not closed
         self.maps = {}         # id(mm) -> (mm, ino)
         self.root = None
         self.durable = {}      # ino -> bytes on disk
@@ -97,11 +97,11 @@ class FaultyFS(RealFS):
         self._step("open", path)
         fd = super().open(path, flags, mode)
         self.paths[fd] = path
-        self.fds.add(fd)
+        self.fds[fd] = os.fstat(fd).st_ino
         return fd
 
     def close(self, fd):
-        self.fds.discard(fd)
+        self.fds.pop(fd, None)
         self.paths.pop(fd, None)
         os.close(fd)
 
@@ -213,9 +213,10 @@ class FaultyFS(RealFS):
                 mm.close()
             except (BufferError, ValueError):
                 pass
-        for fd in list(self.fds):
-            try:
-                os.close(fd)
+        for fd, ino in list(self.fds.items()):
+            try:  # only if the number still names that file (never someone else's fd)
+                if os.fstat(fd).st_ino == ino:
+                    os.close(fd)
             except OSError:
                 pass
         self.fds.clear()

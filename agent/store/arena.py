@@ -63,10 +63,8 @@ class Arena:
         file (DiskFull, and the file as it was, if it cannot grow)."""
         if len(self.free) >= count:
             return
-        cap = self.capacity or 64
-        while cap - self.capacity + len(self.free) < count:
-            cap *= 2
-        self.file.ensure(cap * self.size)
+        # the least that will do; the file doubles past it when the disk has room
+        self.file.ensure(max(self.capacity + count - len(self.free), 64) * self.size)
         old = self.capacity
         self.capacity = self.file.size // self.size
         self.free.add_range(old, self.capacity)

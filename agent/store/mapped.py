@@ -13,7 +13,7 @@ import mmap
 import os
 
 from .. import fs
-from ..errors import StoreError
+from ..errors import DiskFull, StoreError
 
 WRITE, READ, PRIVATE = "write", "read", "private"
 
@@ -66,17 +66,27 @@ class MappedFile:
                 self.mm.close()
             self.mm = None
         if self.fd >= 0:
-            os.close(self.fd)
+            fs.close(self.fd)
             self.fd = -1
 
     def ensure(self, size: int) -> None:
-        """Make the file at least size bytes long (doubling). Raises DiskFull
-        and leaves the file as it was when the disk has no room."""
+        """Make the file at least size bytes long: doubling, or, when the disk
+        has no room for that, just what is needed (rounded up to 64 KiB).
+        Raises DiskFull, and leaves the file as it was, when even that fails."""
         if size <= self.size:
             return
         new = max(self.size, 4096)
         while new < size:
             new *= 2
+        try:
+            self._grow(new)
+        except DiskFull:
+            least = -(-size // 65536) * 65536
+            if least >= new:
+                raise
+            self._grow(least)
+
+    def _grow(self, new: int) -> None:
         if self.mode == PRIVATE:
             mm = mmap.mmap(-1, new)
             mm[:self.size] = self.mm[:self.size]

@@ -20,30 +20,28 @@ Opening as a reader (readonly=True) writes nothing:
   writer running     maps the files read-only and reads under its seqlock
                      (the `live` file), retrying when a write overlapped
 """
-import fcntl
 import json
 import os
 import struct
 import time
 import zlib
 
-from pyroaring import BitMap
-
 from .. import fs
-from ..errors import StoreCorrupt, StoreLocked, RecordTooLarge, StoreError
+from ..errors import StoreCorrupt, StoreLocked, RecordTooLarge
+from . import bitmaps
 from .arena import Arena, SIZE_CLASSES, MAX_BLOB, class_for, HEADER as _SLOT
 from .keyindex import KeyIndex, HashDamaged, NO_CLASS
-from .mapped import WRITE, READ, PRIVATE, MappedFile
+from .lock import Lock, Live, boot_id, writer_holds
+from .mapped import WRITE, READ, PRIVATE
 from .names import Table
+
+__all__ = ["Store", "BlobCorrupt", "Watch", "read_meta", "boot_id", "writer_holds"]
 
 _crc = zlib.crc32
 META_VERSION = 2
 _meta_hdr = struct.Struct("<BBHI")
-_live = struct.Struct("<QQQQ")  # generation, keys, heap bytes, hash blocks
-_bm_entry = struct.Struct("<HI")
 CLEAN = "clean"
 _NCLASSES = len(SIZE_CLASSES)
-_gen = struct.Struct("<Q")
 
 
 class BlobCorrupt(StoreCorrupt):
@@ -66,29 +64,6 @@ class Watch:
     def cancel(self):
         if self in self._store._watches:
             self._store._watches.remove(self)
-
-
-def boot_id() -> str:
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
-
-
-def writer_holds(directory: str) -> bool:
-    """Does a live writer hold the store in directory (its exclusive lock)?"""
-    try:
-        fd = os.open(os.path.join(directory, "lock"), os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
 
 
 def read_meta(directory: str):
@@ -125,15 +100,13 @@ class Store:
         changes its log lost)."""
         self.dir = directory
         self.durable = durable
-        self.prev_writer = ("", 0, "")
         self.readonly = readonly or memory
         self._closed = False
         self._watches = []
-        self._lockfd = -1
+        self.lock = None
         self.damaged = set()
         self.arenas = [None] * len(SIZE_CLASSES)
         self.live_writer = False
-        self._gen = 0
         self.keys = None
         self.live = None
         self.fields = self.actors = None
@@ -153,7 +126,8 @@ class Store:
                 fs.mkdir(d)
             except OSError as e:
                 raise fs.error(e, "create", d) from None
-        self._lock()
+        self.lock = Lock(d, self.readonly, self.durable)
+        self.live_writer = self.lock.live_writer
         meta = read_meta(d)
         if meta is None and self.readonly and not self.live_writer:
             self._memory()  # nothing stored here yet
@@ -200,78 +174,6 @@ class Store:
                 raise StoreCorrupt("store/%s is shorter than at the last checkpoint (%d of %d "
                                    "bytes)" % (name, have, size))
 
-    # -- locking and the live file
-
-    def _lock(self):
-        d = self.dir
-        path = os.path.join(d, "lock")
-        if self.readonly:
-            try:
-                self._lockfd = fs.open_fd(path, os.O_RDONLY)
-            except FileNotFoundError:
-                return  # no store here yet
-            except OSError as e:
-                raise fs.error(e, "open", path) from None
-            try:
-                fcntl.flock(self._lockfd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except OSError:
-                self.live_writer = True  # a writer holds it: read under its seqlock
-            return
-        try:
-            self._lockfd = fs.open_fd(path, os.O_RDWR | os.O_CREAT)
-        except OSError as e:
-            raise fs.error(e, "open", path) from None
-        self.prev_writer = self._last_writer()
-        deadline = time.monotonic() + 2.0  # a read-only process holds it briefly
-        while True:
-            try:
-                fcntl.flock(self._lockfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError:
-                if time.monotonic() > deadline or self._writer_alive():
-                    os.close(self._lockfd)
-                    self._lockfd = -1
-                    raise StoreLocked("another mycelium process is using %s; stop it "
-                                      "(or use its API) before opening the store" % d) from None
-                time.sleep(0.02)
-        self.prev_writer = self._last_writer()
-        try:  # which boot wrote last tells a process crash from a power cut
-            fs.ftruncate(self._lockfd, 0)
-            fs.pwrite(self._lockfd, ("%s %d %s\n" % (boot_id(), os.getpid(), "durable"
-                                                       if self.durable else "relaxed")).encode(), 0)
-        except OSError:
-            pass
-
-    def _last_writer(self):
-        """(boot id, pid, "durable" or "relaxed") the last writer recorded."""
-        try:
-            with open(os.path.join(self.dir, "lock")) as f:
-                boot, pid, mode = f.read().split()
-            return boot, int(pid), mode
-        except (OSError, ValueError):
-            return "", 0, ""
-
-    def _writer_alive(self) -> bool:
-        boot, pid, _ = self._last_writer()
-        if boot != boot_id() or pid <= 0 or pid == os.getpid():
-            return False
-        try:
-            os.kill(pid, 0)
-            return True
-        except ProcessLookupError:
-            return False
-        except OSError:
-            return True
-
-    def power_cut(self):
-        """None after a clean close or a process crash; else "durable" or
-        "relaxed": the store was left dirty by a writer of an earlier boot
-        (the machine lost power, or crashed), in that mode."""
-        boot, _, mode = self.prev_writer if self.mode == WRITE else self._last_writer()
-        if self.was_clean or boot == boot_id():
-            return None
-        return mode or "relaxed"
-
     # -- opening the files
 
     def _open_files(self, meta, dirty, empty):
@@ -292,22 +194,14 @@ class Store:
         self.actor_ids = self.actors.ids
         self.actor_table = bytearray(b"".join(struct.pack("<Q", a) for a in self.actors.items))
         if self.live_writer:
-            try:
-                self.live = MappedFile(os.path.join(d, "live"), 0, READ)
-            except StoreError:
-                self.live = None
-            if self.live is None or len(self.live.mm) < _live.size:
-                raise StoreLocked("the writer of %s is starting; try again" % d)
-            n, heap, blocks = self._live_hints()
-            self.keys = KeyIndex(d, READ, n, heap, blocks)
+            self.live = Live(d, writer=False)
+            _, n, heap, _ = self.live.hints()
+            self.keys = KeyIndex(d, READ, n, heap, 0)
             self.visible = None
             return
         n, heap = meta.get("keys", 0), meta.get("heap", 0)
         if writable:
-            self.live = MappedFile(os.path.join(d, "live"), 4096, WRITE)
-            mm = self.live.mm
-            self._gen = _live.unpack_from(mm, 0)[0] | 1
-            _live.pack_into(mm, 0, self._gen, 0, 0, 0)  # busy until the end of the open
+            self.live = Live(d, writer=True)
         try:
             self.keys = KeyIndex(d, mode, n, heap, 0 if dirty else meta.get("hash_blocks", 0))
         except HashDamaged:
@@ -315,36 +209,33 @@ class Store:
             self._rehash()
         if dirty:
             self.damaged |= self.keys.recover(n, heap)
-            self._rebuild_bitmaps()
+            bitmaps.rebuild(self)
         else:
             self.keys.check_bounds()
-            if not self._load_bitmaps():
-                self._rebuild_bitmaps()
+            if not bitmaps.load(self):
+                bitmaps.rebuild(self)
         if writable:
             self.end()
 
-    def _live_hints(self):
-        _, n, heap, blocks = _live.unpack_from(self.live.mm, 0)
-        return n, heap, blocks
+    def power_cut(self):
+        """None after a clean close or a process crash; else "durable" or
+        "relaxed": the mode of a writer of an earlier boot that left the
+        store dirty (the machine lost power, or crashed)."""
+        return self.lock.power_cut(self.was_clean) if self.lock is not None else None
 
     # -- the seqlock (writer side): begin() before changing mapped files, end() after
 
     def begin(self):
-        live = self.live
-        if live is not None:
-            self._gen |= 1
-            _gen.pack_into(live.mm, 0, self._gen)
+        if self.live is not None:
+            self.live.begin()
 
     def end(self):
-        live = self.live
-        if live is not None:
-            self._gen = (self._gen | 1) + 1
-            k = self.keys
-            _live.pack_into(live.mm, 0, self._gen, k.n, k.heap_used, k.hash.size // 512)
+        if self.live is not None:
+            self.live.end(self.keys)
 
-    # -- arenas and bitmaps
+    # -- arenas
 
-    def _arena(self, cls: int, free=None) -> Arena:
+    def arena(self, cls: int, free=None) -> Arena:
         a = self.arenas[cls]
         if a is None:
             path = os.path.join(self.dir, "arena.%d" % SIZE_CLASSES[cls])
@@ -353,79 +244,15 @@ class Store:
             a = self.arenas[cls] = Arena(path, SIZE_CLASSES[cls], free, self.mode)
         return a
 
-    def _load_bitmaps(self) -> bool:
-        path = os.path.join(self.dir, "bitmaps")
-        try:
-            data = fs.read_file(path)
-        except FileNotFoundError:
-            self.visible = BitMap()
-            return self.keys.n == 0
-        except OSError as e:
-            raise fs.error(e, "read", path) from None
-        if len(data) < 4 or _crc(data[4:]) != struct.unpack_from("<I", data)[0]:
-            return False
-        p = 4
-        maps = {}
-        try:
-            while p < len(data):
-                cls, n = _bm_entry.unpack_from(data, p)
-                p += 6
-                maps[cls] = BitMap.deserialize(data[p:p + n])
-                p += n
-        except (struct.error, ValueError):
-            return False
-        self.visible = maps.pop(0xFFFF, BitMap())
-        if self.visible and self.visible.max() >= self.keys.n:
-            return False
-        for cls, free in maps.items():
-            if cls >= len(SIZE_CLASSES):
-                return False
-            self._arena(cls, free)
-        return True
-
-    def _write_bitmaps(self):
-        parts = []
-        for cls, a in enumerate(self.arenas):
-            if a is not None:
-                raw = a.free.serialize()
-                parts.append(_bm_entry.pack(cls, len(raw)) + raw)
-        raw = self.visible.serialize()
-        parts.append(_bm_entry.pack(0xFFFF, len(raw)) + raw)
-        body = b"".join(parts)
-        fs.atomic_write(os.path.join(self.dir, "bitmaps"), struct.pack("<I", _crc(body)) + body)
-
-    def _rebuild_bitmaps(self):
-        """Which slots are used, which records are visible, which blobs are
-        damaged: one pass over the key table and the slots."""
-        used = {}
-        names = set(os.listdir(self.dir)) if os.path.isdir(self.dir) else set()
-        for cls, size in enumerate(SIZE_CLASSES):
-            if "arena.%d" % size in names and self.arenas[cls] is None:
-                self._arena(cls, BitMap())
-        self.visible = BitMap()
-        for kid, cls, slot in self.keys.entries():
-            if cls == NO_CLASS:
-                continue
-            u = used.setdefault(cls, BitMap())
-            got = None
-            if cls < len(SIZE_CLASSES) and slot not in u and self.arenas[cls] is not None:
-                got = self.arenas[cls].read(slot, kid)
-            if got is None:
-                self.keys.set_location(kid, NO_CLASS, 0)
-                self.damaged.add(kid)
-                continue
-            u.add(slot)
-            if got[1]:
-                self.visible.add(kid)
-        for cls, a in enumerate(self.arenas):
-            if a is not None:
-                a.free = BitMap(range(a.capacity)) - used.get(cls, BitMap())
-
     def _rehash(self):
         if self.mode == READ:
             self.keys.rebuild_private()
-        else:
+            return
+        self.begin()
+        try:
             self.keys.rehash()
+        finally:
+            self.end()
 
     # -- interned names
 
@@ -468,13 +295,14 @@ class Store:
                 self._rehash()
                 return fn(*args)
         last = None
-        for _ in range(200):
-            g1 = _live.unpack_from(self.live.mm, 0)[0]
+        deadline = time.monotonic() + 30.0
+        while time.monotonic() < deadline:
+            g1, n, heap, blocks = self.live.hints()
             if g1 & 1:
-                time.sleep(0.001)
+                time.sleep(0.0005)
                 continue
             k = self.keys
-            _, k.n, k.heap_used, blocks = _live.unpack_from(self.live.mm, 0)
+            k.n, k.heap_used = n, heap
             k.heap.refresh()
             k.tab.refresh()
             if k.hash.refresh() or blocks != k.hash_blocks():
@@ -483,7 +311,7 @@ class Store:
                 out, err = fn(*args), None
             except StoreCorrupt as e:
                 out, err = None, e
-            if _live.unpack_from(self.live.mm, 0)[0] == g1:
+            if self.live.generation() == g1:
                 if err is None:
                     return out
                 if last is not None and type(last) is type(err):
@@ -505,7 +333,7 @@ class Store:
             a = self.arenas[cls]
             try:
                 if a is None:
-                    a = self._arena(cls)
+                    a = self.arena(cls)
                 got = a.read(slot, kid)
             except BlobCorrupt:
                 got = None
@@ -607,10 +435,14 @@ class Store:
                 cls = class_for(n)
                 if kid < 0 or self.keys.location(kid)[0] != cls:
                     need[cls] = need.get(cls, 0) + 1
-        if new_keys:
-            self.keys.ensure_room(new_keys, new_bytes)
-        for cls, count in need.items():
-            (self.arenas[cls] or self._arena(cls)).ensure_free(count)
+        self.begin()  # a rehash rewrites keys.hash in place: readers must retry
+        try:
+            if new_keys:
+                self.keys.ensure_room(new_keys, new_bytes)
+            for cls, count in need.items():
+                (self.arenas[cls] or self.arena(cls)).ensure_free(count)
+        finally:
+            self.end()
 
     def save(self, key: str, blob: bytes, visible: bool, kid: int = -1, kb=None) -> None:
         """Store blob as key's record. A blob that keeps its size class is
@@ -631,7 +463,7 @@ class Store:
             self.arenas[cls].write(old_slot, kid, blob, visible)
         else:
             if blob:
-                a = self.arenas[cls] or self._arena(cls)
+                a = self.arenas[cls] or self.arena(cls)
                 slot = a.alloc()
                 a.write(slot, kid, blob, visible)
                 keys.set_location(kid, cls, slot, kb)
@@ -662,7 +494,7 @@ class Store:
             if cls == NO_CLASS or cls >= len(SIZE_CLASSES):
                 continue
             try:
-                got = self._arena(cls).read(slot, kid)
+                got = self.arena(cls).read(slot, kid)
             except BlobCorrupt:
                 got = None
             if got is not None and got[1]:
@@ -729,7 +561,7 @@ class Store:
             self.actors.sync()
         except OSError as e:
             raise fs.error(e, "flush", self.dir) from None
-        self._write_bitmaps()
+        bitmaps.write(self)
         meta = dict(node_meta)
         meta.update(keys=self.keys.n, heap=self.keys.heap_used,
                     hash_blocks=self.keys.hash_blocks(), fields=len(self.fields),
@@ -773,12 +605,8 @@ class Store:
             if x is not None:
                 x.close()
         self.keys = self.fields = self.actors = self.live = None
-        if self._lockfd >= 0:
-            try:
-                fcntl.flock(self._lockfd, fcntl.LOCK_UN)
-            finally:
-                os.close(self._lockfd)
-                self._lockfd = -1
+        if self.lock is not None:
+            self.lock.release()
 
     def __enter__(self):
         return self

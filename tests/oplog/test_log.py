@@ -2,7 +2,6 @@ import os
 
 import pytest
 
-from agent.errors import LogError
 from agent.oplog.log import OpLog
 
 

@@ -1,4 +1,3 @@
-import os
 
 import pytest
 
@@ -50,7 +49,7 @@ def test_crash_rebuilds_bitmaps_from_the_key_table(tmp_path):
         if a:
             a.flush()
     # simulate a crash: no close(), lock released by the dying process
-    os.close(s._lockfd)
+    s.lock.release()
     s2 = Store(str(tmp_path))
     assert not s2.was_clean
     assert s2.count() == 200 and s2.load("k123") == b"v123"
