@@ -204,7 +204,10 @@ class Node(Recovery):
         if not isinstance(fields, dict) or not fields:
             raise UsageError("put needs a dict of at least one field")
         kb = key.encode("utf-8")
-        kid = self._retry("find", kb)
+        try:
+            kid = self.store.find(kb)
+        except StoreCorrupt:
+            kid = self._retry("find", kb)
         store = self.store
         blob = b""
         if kid >= 0:

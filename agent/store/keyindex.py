@@ -29,6 +29,7 @@ TAB_HDR = struct.Struct("<IHHII")
 HDR_SIZE = 16
 ENTRY = struct.Struct("<IHBBII")
 HEAD12 = struct.Struct("<IHBBI")
+_HEAD_KID = struct.Struct("<IHBBII")  # the 12 bytes, then the key id: what the CRC covers first
 ESIZE = ENTRY.size  # 16
 NO_CLASS = 255
 MAX_KEY = 1024
@@ -48,7 +49,8 @@ class HashDamaged(StoreCorrupt):
 
 
 def entry_crc(kid, off, ln, cls, slot, kb) -> int:
-    return _crc(kb, _crc(_u32.pack(kid), _crc(HEAD12.pack(off, ln, cls, 0, slot))))
+    """crc32 of the entry's 12 bytes, u32 key id, the key's bytes."""
+    return _crc(kb, _crc(_HEAD_KID.pack(off, ln, cls, 0, slot, kid)))
 
 
 def blocks_for(n: int) -> int:
@@ -252,6 +254,12 @@ class KeyIndex:
 
     # -- interning
 
+    def has_room(self, nkeys: int, nbytes: int) -> bool:
+        """Could nkeys keys of nbytes in all be interned without growing a file?"""
+        n = self.n + nkeys
+        return (self.heap_used + nbytes + 2 * nkeys <= self.heap.size
+                and HDR_SIZE + n * ESIZE <= self.tab.size and n * 10 <= self.nb * 7)
+
     def ensure_room(self, nkeys: int, nbytes: int) -> None:
         """Grow the files so that interning nkeys more keys of nbytes in all
         needs no more disk space (DiskFull otherwise, nothing changed)."""
@@ -264,19 +272,23 @@ class KeyIndex:
         kid = self.find(kb)
         if kid >= 0:
             return kid
+        return self.add(kb)
+
+    def add(self, kb: bytes, cls: int = NO_CLASS, slot: int = 0) -> int:
+        """Intern kb, which the caller knows is absent, with its record's
+        location (class, slot) if it has one already."""
         ln = len(kb)
         if ln == 0 or ln > MAX_KEY:
             raise UsageError("a key must be 1 to %d bytes of UTF-8" % MAX_KEY)
-        off = self.heap_used
-        if (off + 2 + ln > self.heap.size or HDR_SIZE + (self.n + 1) * ESIZE > self.tab.size
-                or (self.n + 1) * 10 > self.nb * 7):
+        if not self.has_room(1, ln):
             self.ensure_room(1, ln)  # (make_room has done this on the write path)
+        off = self.heap_used
         hm = self.heap.mm
         _u16.pack_into(hm, off, ln)
         hm[off + 2:off + 2 + ln] = kb
         kid = self.n
-        ENTRY.pack_into(self.tab.mm, HDR_SIZE + kid * ESIZE, off, ln, NO_CLASS, 0, 0,
-                        entry_crc(kid, off, ln, NO_CLASS, 0, kb))
+        ENTRY.pack_into(self.tab.mm, HDR_SIZE + kid * ESIZE, off, ln, cls, 0, slot,
+                        entry_crc(kid, off, ln, cls, slot, kb))
         self.n = kid + 1
         self.heap_used = off + 2 + ln
         self._place(_crc(kb), kid)

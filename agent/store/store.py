@@ -406,14 +406,14 @@ class Store:
         return kids, blobs
 
     def make_room_one(self, kid, kb, n) -> None:
-        """make_room for one record (the local write path)."""
-        if n > MAX_BLOB or kid < 0:
+        """make_room for one record (the local write path): nothing to do
+        unless a file must grow."""
+        if n > MAX_BLOB or (kid < 0 and not self.keys.has_room(1, len(kb))):
             self.make_room(((kid, kb, n),))
-            return
-        if n:
-            cls = class_for(n)
-            a = self.arenas[cls]
-            if a is None or (not a.free and self.keys.location(kid)[0] != cls):
+        elif n:
+            a = self.arenas[class_for(n)]
+            if a is None or (not a.free and (kid < 0 or self.keys.location(kid)[0]
+                                             != class_for(n))):
                 self.make_room(((kid, kb, n),))
 
     def make_room(self, items) -> None:
@@ -444,33 +444,47 @@ class Store:
         finally:
             self.end()
 
-    def save(self, key: str, blob: bytes, visible: bool, kid: int = -1, kb=None) -> None:
+    def save(self, key: str, blob: bytes, visible: bool, kid: int = None, kb=None) -> None:
         """Store blob as key's record. A blob that keeps its size class is
         rewritten in place; one that moves gets a new slot, then the index
         points to it, then the old slot is freed (its header zeroed). A write
         torn by a crash fails its CRC on the next open and is rebuilt from
         the op log. Call make_room() first (and begin()/end() around a group
-        of saves)."""
+        of saves). kid: the key's id, -1 if it is known to be absent, None
+        to look it up."""
         if len(blob) > MAX_BLOB:
             raise RecordTooLarge("record %r would take %d bytes; the limit is %d. "
                                  "Split it into several records" % (key, len(blob), MAX_BLOB))
         keys = self.keys
-        if kid < 0:
-            kid = keys.intern(kb if kb is not None else key.encode("utf-8"))
-        old_cls, old_slot = keys.location(kid)
         cls = class_for(len(blob)) if blob else NO_CLASS
-        if cls == old_cls and cls != NO_CLASS:
-            self.arenas[cls].write(old_slot, kid, blob, visible)
-        else:
+        if kid is None:
+            if kb is None:
+                kb = key.encode("utf-8")
+            kid = keys.find(kb)
+        if kid < 0:  # a new key: its slot, then its entry naming the slot, then the blob
+            if kb is None:
+                kb = key.encode("utf-8")
+            slot = 0
             if blob:
                 a = self.arenas[cls] or self.arena(cls)
                 slot = a.alloc()
+            kid = keys.add(kb, cls, slot)
+            if blob:
                 a.write(slot, kid, blob, visible)
-                keys.set_location(kid, cls, slot, kb)
+        else:
+            old_cls, old_slot = keys.location(kid)
+            if cls == old_cls and cls != NO_CLASS:
+                self.arenas[cls].write(old_slot, kid, blob, visible)
             else:
-                keys.set_location(kid, NO_CLASS, 0)
-            if old_cls != NO_CLASS and self.arenas[old_cls] is not None:
-                self.arenas[old_cls].release(old_slot)
+                if blob:
+                    a = self.arenas[cls] or self.arena(cls)
+                    slot = a.alloc()
+                    a.write(slot, kid, blob, visible)
+                    keys.set_location(kid, cls, slot, kb)
+                else:
+                    keys.set_location(kid, NO_CLASS, 0)
+                if old_cls != NO_CLASS and old_cls < _NCLASSES and self.arenas[old_cls] is not None:
+                    self.arenas[old_cls].release(old_slot)
         self.damaged.discard(kid)
         if visible:
             self.visible.add(kid)
