@@ -30,6 +30,13 @@ if ! command -v openssl >/dev/null 2>&1; then
     $SUDO apt-get update -qq && $SUDO apt-get install -y -qq openssl >/dev/null
 fi
 EXTRAS=${1:-}
+if [ "$EXTRAS" = test ] && ! command -v strace >/dev/null 2>&1; then
+    # tests/test_readonly.py checks with strace that reads write nothing
+    SUDO=""
+    [ "$(id -u)" = 0 ] || SUDO=sudo
+    echo "mycelium: installing strace with apt-get (for the tests)" >&2
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq strace >/dev/null
+fi
 SPEC="."
 [ -n "$EXTRAS" ] && SPEC=".[$EXTRAS]"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e "$SPEC"
