@@ -287,8 +287,12 @@ class OpLog:
             self.failed = fs.error(e, "cut a failed append back in", self.path(self.seg))
 
     def commit(self) -> None:
-        """Durable mode: return once everything appended so far is on disk.
-        A failed fsync cuts the unsynced entries back and raises."""
+        """Return once everything appended so far is on disk. In durable mode
+        nothing appended is acknowledged before this returns, so a failed
+        fsync cuts the unsynced entries back (they never happened) and
+        raises; in relaxed mode they were acknowledged, so they stay and the
+        next commit tries again. (One writer thread: the node is not
+        thread-safe; the relaxed flusher only ever syncs.)"""
         target = self.written
         if self.synced >= target:
             return
@@ -307,11 +311,24 @@ class OpLog:
                 err = fs.error(e, "flush the op log", self.path(pos[0]))
                 if isinstance(err, DiskFault):
                     self.failed = err  # the kernel may have dropped the pages: stop
+                if self.durable:
+                    self._cut_unsynced()
                 raise err from None
             finally:
                 os.close(fd)
             self.synced = upto
             self.synced_pos = pos
+
+    def _cut_unsynced(self):
+        """Durable mode, after a failed fsync: the file ends at the last
+        synced position again (a roll fsyncs the segment it leaves)."""
+        with self._lock:
+            seg, off = self.synced_pos
+            at = off if seg == self.seg else HEADER_LEN
+            if self.offset > at and self.fd >= 0:
+                self._cut_back(at)
+                self.offset = at
+            self.synced = self.written  # nothing is pending any more
 
     def end(self):
         return (self.seg, self.offset)

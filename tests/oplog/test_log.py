@@ -193,3 +193,30 @@ def test_relaxed_mode_flushes_in_the_background(tmp_path):
         time.sleep(0.01)
     assert log.synced == log.written
     log.close()
+
+
+def test_a_failed_fsync_in_durable_mode_cuts_the_entry_back(tmp_path):
+    """In durable mode an append is acknowledged only by commit(): if the
+    fsync fails, the entry never happened (it must not turn up later)."""
+    from agent import fs
+    from agent.errors import DiskFull
+    from tests.errorfs import FaultyFS
+    log = OpLog(str(tmp_path), durable=True)
+    log.recover()
+    log.append(b"kept")
+    log.commit()
+    faulty = FaultyFS()
+    faulty.fail("fdatasync", "*.seg", errno_name="ENOSPC")
+    old = fs.install(faulty)
+    try:
+        log.append(b"refused")
+        with pytest.raises(DiskFull):
+            log.commit()
+    finally:
+        fs.install(old)
+    log.append(b"next")
+    log.commit()
+    log.close()
+    log = OpLog(str(tmp_path))
+    assert [p for _, p in log.recover()] == [b"kept", b"next"]
+    log.close()
