@@ -169,3 +169,34 @@ def test_a_change_after_a_gap_is_merged_and_the_gap_is_fetched(tmp_path):
     run(sa, sb)
     assert [b.get("k%d" % i) for i in range(3)] == [{"v": i} for i in range(3)]
     assert not b.known.gaps and sb.stats["new"] == 2 and sa.stats["sent_changes"] == 2
+
+
+def test_a_damaged_log_entry_is_skipped_for_peers_and_fetched_again_from_one(tmp_path):
+    """A flips a byte inside one change of its log. A fresh peer C still gets
+    every change after it (one damaged entry never hides the rest) and sees
+    a gap; A finds what its log lost and gets it back from B, which then
+    reaches C too: everyone ends with every record."""
+    import os
+    a, b, c = (make_node(tmp_path / n) for n in "abc")
+    for i in range(60):
+        a.put("k%02d" % i, {"v": i, "pad": "x" * 40})
+    run(*pair(a, b))
+    assert state(b) == state(a)
+    positions = [pos for pos, _ in a.log.read()]
+    seg, off = positions[30]
+    a.close()
+    with open(os.path.join(str(tmp_path / "a"), "log", "%08d.seg" % seg), "r+b") as f:
+        f.seek(off + 20)
+        f.write(b"\xff")
+    a = make_node(tmp_path / "a")
+    assert state(a) == state(b)  # the store has every record; only the log lost one
+    run(*pair(a, c))
+    got = state(c)
+    assert len(got) == 59 and "k30" not in got and c.known.missing() == 1
+    assert a.stats()["log_damaged_bytes"] > 0
+    run(*pair(a, b))  # a asks for what its log lost; b holds it
+    assert sum(1 for _ in a.log.read()) == 60 and not a.known.gaps  # 59 + the one fetched
+    run(*pair(a, c))
+    assert state(c) == state(a) == state(b) and not c.known.gaps
+    for n in (a, b, c):
+        n.close()
