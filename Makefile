@@ -51,6 +51,11 @@ qemu-test-armhf:
 qemu-budget:
 	sh qemu/budget.sh
 
+# power-cut test in a VM (qemu/powercut.sh; root; CUTS=100 SEED= ARCH=amd64|arm64)
+.PHONY: powercut
+powercut:
+	sh qemu/powercut.sh
+
 ci-arm64:
 	sh qemu/ci-arm64.sh
 

@@ -18,6 +18,7 @@ rebuilt from the log; a store whose structure is damaged is moved aside to
 """
 import os
 import struct
+import time
 
 from . import clock as clock_mod
 from .change import actor_table, build_change_raw, change_head, parse_change, string_table
@@ -38,7 +39,8 @@ from .vector import Known
 
 __all__ = ["Node", "default_data_dir", "init_identity", "read_identity"]
 
-CHECKPOINT_EVERY = 50_000
+CHECKPOINT_EVERY = 50_000     # changes; or CHECKPOINT_SECONDS after the first since the last
+CHECKPOINT_SECONDS = 60.0
 Z = b"\x00"  # key index 0 and actor index 0 of a local change: its one key, this device
 TRIM_CHECK_EVERY = 2048
 # 0: off. Trimming trades read latency (pages fault back in) for a bounded
@@ -71,6 +73,7 @@ class Node(Recovery):
         self._rebuilds = 0      # stores rebuilt while open (key and field ids change)
         self._rebuilding = False
         self._since_checkpoint = 0
+        self._checkpoint_due = 0.0
         self._ops = 0
         self.trims = 0
         self.replayed = 0
@@ -505,12 +508,21 @@ class Node(Recovery):
         if self._ops >= TRIM_CHECK_EVERY:
             self._check_memory()
         self._since_checkpoint += 1
-        if self._since_checkpoint >= CHECKPOINT_EVERY and not self.readonly:
-            try:
-                self.checkpoint()
-            except AgentError as e:  # the write itself is acked; retry later
-                self.events.append("checkpoint failed (%s); retrying later" % e)
-                self._since_checkpoint = CHECKPOINT_EVERY // 2
+        if self._since_checkpoint == 1:
+            self._checkpoint_due = time.monotonic() + CHECKPOINT_SECONDS
+        elif ((self._since_checkpoint >= CHECKPOINT_EVERY or time.monotonic() > self._checkpoint_due)
+              and not self.readonly):
+            self.try_checkpoint()
+
+    def try_checkpoint(self) -> None:
+        """A checkpoint that may fail (a full disk): the writes are acked
+        already, so it is reported and tried again later."""
+        try:
+            self.checkpoint()
+        except AgentError as e:
+            self.events.append("checkpoint failed (%s); retrying later" % e)
+            self._since_checkpoint = 1
+            self._checkpoint_due = time.monotonic() + CHECKPOINT_SECONDS
 
     def checkpoint(self) -> None:
         """Make the store durable up to the log's end, so the next open

@@ -82,6 +82,8 @@ class Recovery:
         if self.store.damaged:
             self.repair(self.store.damaged)
         self._settle_seq()
+        if tail and not self.readonly:
+            self.try_checkpoint()  # the next crash replays from here, not from further back
 
     def _rebuild(self, sdir, reason):
         """The store's structure is damaged (or from an older build): start a
