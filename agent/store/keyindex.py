@@ -123,10 +123,10 @@ class KeyIndex:
         unpack = _u64.unpack_from
         ok = self._ok
         while True:
-            b, p = divmod(i, PER_BLOCK)
+            b = i // PER_BLOCK
             if not ok[b]:
                 self._block_ok(b)
-            e = unpack(hm, b * BLOCK + p * 8)[0]
+            e = unpack(hm, (i + b) << 3)[0]  # b * BLOCK + (i - b * PER_BLOCK) * 8
             if e == 0:
                 return -1, NO_CLASS, 0
             if e >> 32 == h:
