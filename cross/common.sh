@@ -174,3 +174,24 @@ ensure_root() {
     log "venv made in $(($(date +%s) - t1)) s"
   fi
 }
+
+# The arm64 VM's root: a copy of the build root plus Debian's arm64 kernel and
+# an initramfs that loads virtio and ext4 (qemu/budget.sh, qemu/powercut.sh).
+# Sets VM; made once, kept in $CROSS_CACHE/vm-arm64.
+vm_root_arm64() {
+  VM=$CROSS_CACHE/vm-arm64
+  if [ ! -f "$VM/.mycelium-vm" ]; then
+    t0=$(date +%s)
+    log "making the VM root $VM (a copy of $ROOT plus Debian's arm64 kernel)"
+    rm -rf "$VM"
+    cp -a "$ROOT" "$VM"
+    rm -rf "$VM/src"
+    # modules the initramfs loads before it looks for root=/dev/vda
+    mkdir -p "$VM/etc/initramfs-tools"
+    printf 'virtio_pci\nvirtio_mmio\nvirtio_blk\next4\n' >> "$VM/etc/initramfs-tools/modules"
+    ROOT=$VM in_root sh -euc 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -qq --no-install-recommends linux-image-arm64 initramfs-tools udev kmod mount >/dev/null'
+    : > "$VM/.mycelium-vm"
+    log "VM root made in $(($(date +%s) - t0)) s"
+  fi
+}

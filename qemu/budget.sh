@@ -27,21 +27,7 @@ command -v qemu-system-aarch64 >/dev/null || {
   apt-get install -y -qq qemu-system-arm >/dev/null; }
 ensure_root
 
-VM=$CROSS_CACHE/vm-arm64
-if [ ! -f "$VM/.mycelium-vm" ]; then
-  t0=$(date +%s)
-  log "making the VM root $VM (a copy of $ROOT plus Debian's arm64 kernel)"
-  rm -rf "$VM"
-  cp -a "$ROOT" "$VM"
-  rm -rf "$VM/src"
-  # modules the initramfs loads before it looks for root=/dev/vda
-  mkdir -p "$VM/etc/initramfs-tools"
-  printf 'virtio_pci\nvirtio_mmio\nvirtio_blk\next4\n' >> "$VM/etc/initramfs-tools/modules"
-  ROOT=$VM in_root sh -euc 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-    apt-get install -y -qq --no-install-recommends linux-image-arm64 initramfs-tools udev kmod >/dev/null'
-  : > "$VM/.mycelium-vm"
-  log "VM root made in $(($(date +%s) - t0)) s"
-fi
+vm_root_arm64
 kernel=$(ls "$VM"/boot/vmlinuz-* | tail -1)
 initrd=$(ls "$VM"/boot/initrd.img-* | tail -1)
 

@@ -132,20 +132,7 @@ root_amd64() {
 # arm64: the budget VM's root (qemu/budget.sh makes it the same way, same stamp)
 root_arm64() {
   ensure_root
-  VM=$CROSS_CACHE/vm-arm64
-  if [ ! -f "$VM/.mycelium-vm" ]; then
-    t0=$(date +%s)
-    log "making the VM root $VM (a copy of $ROOT plus Debian's arm64 kernel)"
-    rm -rf "$VM"
-    cp -a "$ROOT" "$VM"
-    rm -rf "$VM/src"
-    mkdir -p "$VM/etc/initramfs-tools"
-    printf 'virtio_pci\nvirtio_mmio\nvirtio_blk\next4\n' >> "$VM/etc/initramfs-tools/modules"
-    ROOT=$VM in_root sh -euc 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-      apt-get install -y -qq --no-install-recommends linux-image-arm64 initramfs-tools udev kmod >/dev/null'
-    : > "$VM/.mycelium-vm"
-    log "VM root made in $(($(date +%s) - t0)) s"
-  fi
+  vm_root_arm64
   ROOT=$VM
   mkdir -p "$ROOT/data"
   # the init mounts the data disk; the cross root's apt variant may lack util-linux's mount

@@ -25,7 +25,6 @@ a crash (SIGBUS from a mapped file that shrank) or a hang is one failing
 case, not the end of the run. Every failure is collected and reported at the
 end, so one run shows them all.
 """
-import base64
 import gc
 import io
 import json
@@ -42,7 +41,7 @@ from contextlib import redirect_stderr, redirect_stdout
 import pytest
 
 from agent import Node, Inc, MV, Add, Remove
-from agent.cli import main
+from agent.cli import main, _jsonable
 
 SEGMENT = 4096
 CASE_TIMEOUT = 60  # seconds; a case still running then is killed and reported as a hang
@@ -100,14 +99,6 @@ def _workload(n):
                                          "tags": Add("a", "b", "c")})
     n.put("only:removes", {"tags": Add("x")})
     n.put("only:removes", {"tags": Remove("x")})
-
-
-def _jsonable(v):
-    if isinstance(v, bytes):
-        return {"$bytes": base64.b64encode(v).decode()}
-    if isinstance(v, list):
-        return [_jsonable(x) for x in v]
-    return v
 
 
 def _records(n):

@@ -166,21 +166,6 @@ def _disk_full_exit(p, what):
     assert "no space" in err and "free" in err, (what, p.stderr)
 
 
-class _Serve(Serve):
-    """procs.Serve with its log off the tmpfs (a full disk would refuse the log)."""
-
-    def __init__(self, data_dir, log_path):
-        self.data_dir = data_dir
-        self.err = open(log_path, "ab")
-        self.p = subprocess.Popen(
-            [sys.executable, "-m", "agent", "--data-dir", data_dir, "--json",
-             "serve", "--listen", "127.0.0.1:0"],
-            stdout=subprocess.PIPE, stderr=self.err, env=ENV)
-        line = self.p.stdout.readline()
-        assert line, self.log()
-        self.addr = json.loads(line)["listening"]
-
-
 def _actor(data_dir):
     with open(os.path.join(data_dir, "identity.json")) as f:
         return int(json.load(f)["actor"], 16)
@@ -244,7 +229,7 @@ def test_full_disk_errors_cleanly_then_resumes_and_syncs(tmpfs, tmp_path):
     peer = str(tmp_path / "peer")
     pid = init(peer)
     cmd(node_dir, "peer", "add", pid, "127.0.0.1:9")
-    srv = _Serve(node_dir, str(tmp_path / "serve.log"))
+    srv = Serve(node_dir, str(tmp_path / "serve.log"))  # the log off the full disk
     try:
         cmd(peer, "peer", "add", tid, srv.addr)
         p = cmd(peer, "sync", tid, check=None, timeout=120)
@@ -297,7 +282,7 @@ def test_serve_keeps_running_when_state_json_hits_enospc(tmpfs, tmp_path):
     # a known peer that is not there: every failed dial changes the sync state
     cmd(node_dir, "peer", "add", pid, "127.0.0.1:9")
     state = os.path.join(node_dir, "sync", "state.json")
-    srv = _Serve(node_dir, str(tmp_path / "serve.log"))
+    srv = Serve(node_dir, str(tmp_path / "serve.log"))  # the log off the full disk
     try:
         assert wait_for(lambda: os.path.exists(state), 10), srv.log()
         cmd(peer, "peer", "add", tid, srv.addr)
@@ -419,7 +404,7 @@ def test_opening_a_full_data_dir_gives_typed_errors(tmpfs, tmp_path):
     _no_traceback(p, "repair")
     assert p.returncode in (0, DiskFull.exit_code), (p.returncode, p.stderr)
     # serve opens, serves reads, and stops cleanly
-    srv = _Serve(node_dir, str(tmp_path / "serve.log"))
+    srv = Serve(node_dir, str(tmp_path / "serve.log"))  # the log off the full disk
     try:
         p = cmd(node_dir, "--json", "get", key, check=None)
         assert p.returncode == 0 and json.loads(p.stdout)["fields"] == value(key, i), p.stderr

@@ -26,10 +26,11 @@ def init(data_dir):
 
 
 class Serve:
-    def __init__(self, data_dir):
+    def __init__(self, data_dir, log_path=None):
+        """log_path: where serve's stderr goes (default beside the data dir)."""
         self.data_dir = data_dir
-        self.err = open(os.path.join(os.path.dirname(data_dir),
-                                     os.path.basename(data_dir) + ".serve.log"), "ab")
+        self.err = open(log_path or os.path.join(os.path.dirname(data_dir),
+                                                 os.path.basename(data_dir) + ".serve.log"), "ab")
         self.p = subprocess.Popen(
             [sys.executable, "-m", "agent", "--data-dir", data_dir, "--json",
              "serve", "--listen", "127.0.0.1:0"],
