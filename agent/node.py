@@ -33,6 +33,7 @@ from .identity import init_identity, read_identity
 from .oplog.log import OpLog, SEGMENT_MAX
 from .recovery import Recovery
 from .store import BlobCorrupt
+from .store.keyindex import MAX_KEY
 from .store.mapped import READ
 from .values import Inc, MV, Add, Remove, decode_record, is_visible
 from .vector import Known
@@ -207,6 +208,8 @@ class Node(Recovery):
         if not isinstance(fields, dict) or not fields:
             raise UsageError("put needs a dict of at least one field")
         kb = key.encode("utf-8")
+        if len(kb) > MAX_KEY:
+            raise UsageError("a key must be 1 to %d bytes of UTF-8, not %d" % (MAX_KEY, len(kb)))
         try:
             kid = self.store.find(kb)
         except StoreCorrupt:
@@ -386,7 +389,11 @@ class Node(Recovery):
                 i = pos.get(k)
                 if i is None:
                     i = pos[k] = len(kbs)
-                    kbs.append(k.encode("utf-8"))
+                    kb = k.encode("utf-8")
+                    if not 0 < len(kb) <= MAX_KEY:  # before anything is logged
+                        raise MalformedChange("change %d of %016x has a key of %d bytes (the "
+                                              "limit is %d)" % (c.seq, c.actor, len(kb), MAX_KEY))
+                    kbs.append(kb)
                 kmap.append(i)
             fmap = fmaps.get(c.fields)
             if fmap is None:
@@ -456,6 +463,10 @@ class Node(Recovery):
         """Merge one accepted change."""
         store = self.store
         kbs = [k.encode("utf-8") for k in c.keys]
+        for kb in kbs:
+            if not 0 < len(kb) <= MAX_KEY:  # before anything is logged
+                raise MalformedChange("change %d of %016x has a key of %d bytes (the limit is "
+                                      "%d)" % (c.seq, c.actor, len(kb), MAX_KEY))
         kids, blobs = self._load_many(kbs)
         fmap = [store.field_id(f) for f in c.fields]
         amap = [store.actor_index(a) for a in c.actors]

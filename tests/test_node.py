@@ -181,3 +181,22 @@ def test_store_pages_are_unmapped_past_the_rss_budget_and_data_stays(tmp_path):
         for i in range(TRIM_CHECK_EVERY + 10):
             n.get("k%05d" % (i % 100))
         assert n.trims == 0
+
+
+def test_a_refused_write_leaves_no_trace_in_the_log_or_the_seq(tmp_path):
+    """A key over the limit or a record over the largest slot is refused
+    before the change gets a sequence number's slot in the log: nothing is
+    logged, and the store opens again after a crash."""
+    from agent.errors import RecordTooLarge, UsageError
+    n = node(tmp_path / "a")
+    n.put("ok", {"v": 1})
+    size = n.log.size()
+    with pytest.raises(UsageError):
+        n.put("k" * 1025, {"v": 1})
+    with pytest.raises(RecordTooLarge):
+        n.put("big", {"v": "x" * 40_000})
+    assert n.log.size() == size and n.get("big") is None
+    n.log.close()
+    n.store.lock.release()  # the process dies here
+    with node(tmp_path / "a") as m:
+        assert m.get("ok") == {"v": 1} and m.get("big") is None
