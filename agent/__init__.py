@@ -2,6 +2,8 @@
 
 The public API; everything else is an implementation detail.
 """
+__version__ = "0.1.0"  # before the imports: agent.pending records it
+
 from .errors import (AgentError, UsageError, StoreError, StoreCorrupt, StoreLocked,
                      RecordTooLarge, LogError, CoreError, RemoteError, MalformedChange,
                      ClockSkewError, ChangeGap, SyncError)
@@ -12,4 +14,3 @@ __all__ = ["Node", "default_data_dir", "Inc", "MV", "Add", "Remove",
            "AgentError", "UsageError", "StoreError", "StoreCorrupt", "StoreLocked",
            "RecordTooLarge", "LogError", "CoreError", "RemoteError", "MalformedChange",
            "ClockSkewError", "ChangeGap", "SyncError"]
-__version__ = "0.1.0"

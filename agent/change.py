@@ -76,19 +76,22 @@ def build_change_raw(actor_b: bytes, seq: int, prev: int, hlc: int, keys_t: byte
     return body + _blake(body, digest_size=HASH_LEN).digest()
 
 
-def change_head(raw):
-    """(actor, seq, prev, hlc) of a change's bytes without the full parse."""
-    v = raw[0]
-    if v not in READ_VERSIONS or len(raw) < 10:
+def change_head(raw, any_version: bool = False):
+    """(actor, seq, prev, hlc) of a change's bytes without the full parse.
+    any_version: read a version this build does not know as version 2 (later
+    versions keep this header, docs/FORMAT.md), so that such a change can be
+    quarantined under its own id."""
+    v = raw[0] if len(raw) else 0
+    if not (v in READ_VERSIONS or (any_version and v > CHANGE_VERSION)) or len(raw) < 10:
         raise MalformedChange("not a change (version %d)" % v)
     actor = _u64.unpack_from(raw, 1)[0]
     seq, p = get_varint(raw, 9)
     skip = 0
-    if v == 2:
+    if v >= 2:
         skip, p = get_varint(raw, p)
     hlc, _ = get_varint(raw, p)
-    if skip >= seq:
-        raise MalformedChange("change skips below seq 1")
+    if skip >= seq or actor == 0:
+        raise MalformedChange("change skips below seq 1, or its actor is zero")
     return actor, seq, seq - 1 - skip, hlc
 
 

@@ -221,7 +221,7 @@ def cmd_del(args):
 def cmd_scan(args):
     with _open(args, write=False) as n:
         shown = 0
-        for key, rec, kinds in n.scan(args.prefix, with_kinds=True):
+        for key, rec, kinds in n.scan(args.prefix, with_kinds=True, limit=args.limit):
             if args.keys_only:
                 print(json.dumps(key) if args.json else key)
             else:
@@ -284,6 +284,32 @@ def cmd_stats(args):
     return EXIT_OK
 
 
+def cmd_pending(args):
+    if args.release:
+        actor = None
+        if args.release != "all":
+            try:
+                actor = int(args.release, 16)
+            except ValueError:
+                raise UsageError("--release takes an actor id in hex as `mycelium pending` "
+                                 "lists it, or 'all'") from None
+        with _open(args) as n:
+            done = n.release_due(force=True, actor=actor)
+            left = n.pending_list()
+        print(json.dumps({"applied": done, "pending": len(left)}) if args.json else
+              "applied %d change(s); %d still pending" % (done, len(left)))
+        return EXIT_OK
+    with _open(args, write=False) as n:
+        items = n.pending_list()
+    if args.json:
+        print(json.dumps(items))
+        return EXIT_OK
+    for it in items:
+        print("%-11s %s seq %-8d %s" % (it["kind"], it["actor"], it["seq"], it["why"]))
+    print("(%d pending)" % len(items), file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_repair(args):
     """Check everything, rebuild what is damaged, report what is missing."""
     from .repair import repair
@@ -337,8 +363,9 @@ def build_parser():
     s.set_defaults(fn=cmd_del)
     s = sub.add_parser("scan", help="print the records whose key starts with PREFIX")
     s.add_argument("prefix", nargs="?", default="")
-    s.add_argument("--keys-only", action="store_true")
-    s.add_argument("--limit", type=int, default=0)
+    s.add_argument("--keys-only", action="store_true", help="print only the keys")
+    s.add_argument("--limit", type=int, default=0, metavar="N",
+                   help="stop after N records (default: all)")
     s.set_defaults(fn=cmd_scan)
     s = sub.add_parser("watch", help="print changes under PREFIX as they land")
     s.add_argument("prefix", nargs="?", default="")
@@ -365,6 +392,25 @@ def build_parser():
                    help="stop reporting records as incomplete: accept that changes in damaged "
                         "log entries, which no peer could send again, are lost")
     s.set_defaults(fn=cmd_repair)
+    s = sub.add_parser(
+        "pending", help="changes from peers that are held (clock) or quarantined",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="A change from a peer that this device cannot take yet is kept, not "
+                    "dropped, and does not stop sync:\n"
+                    "  held         its stamp is further ahead of this device's clock than "
+                    "--max-skew\n"
+                    "               (or an earlier change of its device is held); it is "
+                    "applied by itself\n"
+                    "               once the clock reaches it\n"
+                    "  quarantined  this build cannot apply it; it is retried after an "
+                    "upgrade\n"
+                    "Check the clock of the device that wrote a held change before releasing "
+                    "it: a released\nchange stamped in the future wins every "
+                    "last-writer-wins field until the clocks meet.")
+    s.add_argument("--release", metavar="ACTOR",
+                   help="apply the pending changes of ACTOR (its hex id, as listed) now, "
+                        "whatever their stamps; 'all' for every device")
+    s.set_defaults(fn=cmd_pending)
     sync_parser.register(sub)
     return p
 

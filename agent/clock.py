@@ -30,7 +30,7 @@ def _wall_ms() -> int:
 class HLC:
     """now() gives a fresh stamp; observe() folds in a remote one."""
 
-    __slots__ = ("actor", "last", "max_skew_ms", "_wall")
+    __slots__ = ("actor", "last", "max_skew_ms", "_wall", "floor_ms")
 
     def __init__(self, actor: int, last: int = 0,
                  max_skew_ms: int = DEFAULT_MAX_SKEW_MS, wall=_wall_ms):
@@ -40,6 +40,10 @@ class HLC:
         self.last = last
         self.max_skew_ms = max_skew_ms
         self._wall = wall
+        # "now" for the skew check is at least the last persisted stamp: a Pi
+        # without a real-time clock that boots in 1970 still takes changes.
+        # It is fixed at open, so accepted stamps cannot ratchet it forward.
+        self.floor_ms = last >> 16
 
     def now(self) -> int:
         wall = pack(min(self._wall(), _MS_MAX), 0)
@@ -55,10 +59,12 @@ class HLC:
         """Raise ClockSkewError if stamp is further ahead than the bound."""
         ms = stamp >> 16
         wall = self._wall()
+        if wall < self.floor_ms:
+            wall = self.floor_ms
         if ms - wall > self.max_skew_ms:
             raise ClockSkewError(
-                "a stamp is %.1f s ahead of this device's clock (bound %.1f s); "
-                "check the clock of the device that wrote it, or raise the bound"
+                "its stamp is %.1f s ahead of this device's clock (bound %.0f s); "
+                "check the clock of the device that wrote it, or raise --max-skew"
                 % ((ms - wall) / 1000, self.max_skew_ms / 1000))
 
     def observe(self, stamp: int) -> None:

@@ -139,11 +139,19 @@ class ControlServer:
                 return {"ok": None if got is None else [to_json(got[0]), got[1]]}
             if op == "scan":
                 rows = []
-                for key, rec, kinds in node.scan(req.get("prefix", ""), with_kinds=True):
+                limit = int(req.get("limit") or 0)
+                for key, rec, kinds in node.scan(req.get("prefix", ""), with_kinds=True,
+                                                 limit=limit):
                     rows.append([key, to_json(rec), kinds])
-                    if req.get("limit") and len(rows) >= req["limit"]:
-                        break
                 return {"ok": rows}
+            if op == "pending":
+                return {"ok": node.pending_list()}
+            if op == "release":
+                actor = req.get("actor")
+                n = node.release_due(force=True, actor=None if actor is None else int(actor, 16))
+                if n:
+                    self._wrote()
+                return {"ok": n}
             if op == "stats":
                 return {"ok": dict(node.stats(), served_by="mycelium serve")}
             raise errors.UsageError("unknown control op %r" % (op,))
@@ -211,6 +219,12 @@ class RemoteNode:
 
     def stats(self):
         return self._call(op="stats")
+
+    def pending_list(self):
+        return self._call(op="pending")
+
+    def release_due(self, force=True, actor=None):
+        return self._call(op="release", actor=None if actor is None else "%016x" % actor)
 
     def close(self):
         if self.sock is not None:

@@ -21,14 +21,16 @@ import struct
 import time
 
 from . import clock as clock_mod
-from .change import actor_table, build_change_raw, change_head, parse_change, string_table
+from .change import Change, actor_table, build_change_raw, change_head, parse_change, string_table
 from .codec import varint
 from .core import load_engine
 from .core import ops as O
 from .core.batch import (build_batch, build_batch_raw, build_multi, index_map,
                          parse_apply_result, parse_merge_result)
 from .errors import (UsageError, StoreCorrupt, ClockSkewError, CoreError, MalformedChange,
-                     AgentError)
+                     AgentError, RecordTooLarge, RemoteError)
+from . import __version__
+from .pending import Pending, HELD, QUARANTINED
 from .identity import init_identity, read_identity
 from .oplog.log import OpLog, SEGMENT_MAX
 from .recovery import Recovery
@@ -44,11 +46,22 @@ CHECKPOINT_EVERY = 50_000     # changes; or CHECKPOINT_SECONDS after the first s
 CHECKPOINT_SECONDS = 60.0
 Z = b"\x00"  # key index 0 and actor index 0 of a local change: its one key, this device
 TRIM_CHECK_EVERY = 2048
+RELEASE_EVERY = 5.0           # seconds between checks of held changes against the clock
 # 0: off. Trimming trades read latency (pages fault back in) for a bounded
 # RSS; 100K records and the core fit in 35 MB without it. Set
 # MYCELIUM_RSS_BUDGET_MB on small devices with stores far larger than that.
 DEFAULT_RSS_BUDGET_MB = 0
 _u64 = struct.Struct("<Q")
+
+
+class Taken:
+    """What Node.receive did with a batch: new, duplicates, held,
+    quarantined, refused (the pending area was full), and a few reasons."""
+    __slots__ = ("new", "dup", "held", "quarantined", "refused", "reasons")
+
+    def __init__(self):
+        self.new = self.dup = self.held = self.quarantined = self.refused = 0
+        self.reasons = []
 
 
 def default_data_dir() -> str:
@@ -86,6 +99,8 @@ class Node(Recovery):
                          interval_ms=flush_interval_ms, segment_max=segment_bytes,
                          readonly=readonly)
         self.log.on_damage = self._log_damage
+        self.pending = Pending(data_dir, readonly, self.events)
+        self._next_release = 0.0
         self.store = None
         try:
             self._open(max_skew_ms)
@@ -102,6 +117,8 @@ class Node(Recovery):
         budget = rss_budget_mb if rss_budget_mb is not None else float(
             os.environ.get("MYCELIUM_RSS_BUDGET_MB", DEFAULT_RSS_BUDGET_MB))
         self.rss_budget = int(budget * 1024 * 1024)
+        if self.pending and not readonly:
+            self._settle_pending()
 
     @classmethod
     def open(cls, data_dir=None, create=True, **kw):
@@ -171,14 +188,22 @@ class Node(Recovery):
         except IndexError:
             return self._decode(blob, with_kinds)
 
-    def scan(self, prefix: str = "", with_kinds: bool = False):
+    def scan(self, prefix: str = "", with_kinds: bool = False, limit: int = 0):
         """Yield (key, fields) of visible records under prefix, in key order;
-        (key, fields, kinds) with with_kinds."""
+        (key, fields, kinds) with with_kinds; at most limit (0: all)."""
+        shown = 0
         for key, kid in self._retry("scan", prefix):
             blob = self._blob(key, kid)
             got = self._decode(blob, with_kinds) if blob else None
             if got is not None:
                 yield (key, got[0], got[1]) if with_kinds else (key, got)
+                shown += 1
+                if shown == limit:
+                    return
+
+    def pending_list(self) -> list:
+        """Held and quarantined changes (agent/pending.py), as dicts."""
+        return self.pending.to_json()
 
     def count(self) -> int:
         return self._retry("count")
@@ -352,10 +377,10 @@ class Node(Recovery):
         self._writable()
         take = []
         seen = set()
-        known = self.known
+        holds = self.holds
         try:
             for c in changes:
-                if known.has(c.actor, c.seq) or (c.actor, c.seq) in seen:
+                if holds(c.actor, c.seq) or (c.actor, c.seq) in seen:
                     continue
                 self.clock.check(c.hlc)
                 seen.add((c.actor, c.seq))
@@ -366,13 +391,156 @@ class Node(Recovery):
                 self._merge_group(take)
         return len(take)
 
+    # -- changes from peers, each judged alone (agent/pending.py)
+
+    def holds(self, actor: int, seq: int) -> bool:
+        """True if this node holds change (actor, seq): merged, held or quarantined."""
+        return self.known.has(actor, seq) or (actor, seq) in self.pending
+
+    def advertised(self) -> Known:
+        """What this node tells peers it holds: its log, and its pending changes."""
+        if not self.pending:
+            return self.known
+        k = self.known.copy()
+        self.pending.add_to(k)
+        return k
+
+    def receive(self, changes) -> "Taken":
+        """Take parsed changes from a peer. Each is judged alone: merged;
+        held (its stamp is beyond the clock bound, or an earlier change of its
+        actor is pending); or quarantined (this build cannot apply it). None
+        of that is raised: only faults of this node's own storage are."""
+        self._writable()
+        self.release_due()
+        t = Taken()
+        take, seen = [], set()
+        holds, check = self.holds, self.clock.check
+        for c in changes:
+            key = (c.actor, c.seq)
+            if holds(c.actor, c.seq) or key in seen:
+                t.dup += 1
+                continue
+            seen.add(key)
+            if self._waits(t, c):
+                continue
+            try:
+                check(c.hlc)
+            except ClockSkewError as e:
+                self._pend(t, c, HELD, str(e))
+                continue
+            take.append(c)
+        if not take:
+            return t
+        try:
+            self._merge_group(take, fallback=False)
+            t.new += len(take)
+            return t
+        except (RemoteError, CoreError, RecordTooLarge):
+            pass  # one by one below, so exactly the bad ones are set aside
+        for c in take:
+            if self.known.has(c.actor, c.seq):
+                t.new += 1
+                continue
+            if self._waits(t, c):
+                continue
+            try:
+                self._merge_one(c)
+                t.new += 1
+            except ClockSkewError as e:
+                self._pend(t, c, HELD, str(e))
+            except (RemoteError, CoreError, RecordTooLarge) as e:
+                self._pend(t, c, QUARANTINED, "%s: %s" % (type(e).__name__, e))
+        return t
+
+    def _waits(self, t, c) -> bool:
+        """Hold c if an earlier change of its actor is held."""
+        w = self.pending.blocks(c.actor, c.seq)
+        if w is None:
+            return False
+        self._pend(t, c, HELD, "waits behind change %d of its actor, which is held" % w)
+        return True
+
+    def quarantine_raw(self, t, head, raw, why) -> None:
+        """A change that does not parse but whose header does: set it aside."""
+        c = Change()
+        c.actor, c.seq, c.prev, c.hlc = head
+        c.raw = raw
+        if self.holds(c.actor, c.seq):
+            t.dup += 1
+            return
+        self._pend(t, c, QUARANTINED, why)
+
+    def _pend(self, t, c, kind, why):
+        if self.pending.add(c, kind, why):
+            if kind == HELD:
+                t.held += 1
+            else:
+                t.quarantined += 1
+            if len(t.reasons) < 8:
+                t.reasons.append("change %d of %016x %s: %s" % (c.seq, c.actor, kind, why))
+        else:
+            t.refused += 1
+
+    def release_due(self, force: bool = False, actor: int = None) -> int:
+        """Apply pending changes that can now be applied: held ones whose
+        stamp the clock has reached, quarantined ones once this build differs
+        from the one that set them aside. force: every pending change (of
+        `actor`, if given), whatever its stamp; a quarantined one that still
+        fails stays. Returns how many were applied."""
+        if not self.pending or self.readonly:
+            return 0
+        now = time.monotonic()
+        if not force and now < self._next_release:
+            return 0
+        self._next_release = now + RELEASE_EVERY
+        done = 0
+        for a in self.pending.actors():
+            if actor is not None and a != actor:
+                continue
+            for it in self.pending.of_actor(a):
+                if self.known.has(it.actor, it.seq):
+                    self.pending.drop(it)  # applied before a crash took the file away
+                    continue
+                if it.kind == QUARANTINED and not force and it.build == __version__:
+                    break
+                if it.kind == HELD and not force:
+                    try:
+                        self.clock.check(it.hlc)
+                    except ClockSkewError:
+                        break
+                try:
+                    self._merge_one(parse_change(self.pending.raw(it)), check_skew=not force)
+                except ClockSkewError:
+                    break
+                except (RemoteError, CoreError, RecordTooLarge) as e:
+                    self.pending.set_kind(it, QUARANTINED, "%s: %s" % (type(e).__name__, e))
+                    break
+                self.pending.drop(it)
+                done += 1
+        return done
+
+    def _settle_pending(self):
+        """At open: forget pending changes the log holds; retry quarantined ones after an upgrade."""
+        for it in list(self.pending.items.values()):
+            if self.known.has(it.actor, it.seq):
+                self.pending.drop(it)
+        try:
+            n = self.release_due()
+        except AgentError as e:
+            self.events.append("pending changes could not be retried: %s" % e)
+            return
+        if n:
+            self.events.append("applied %d pending change(s)" % n)
+
     def has_change(self, actor: int, seq: int) -> bool:
         return self.known.has(actor, seq)
 
-    def _merge_group(self, cs, replay: bool = False) -> None:
+    def _merge_group(self, cs, replay: bool = False, fallback: bool = True) -> None:
         """Merge accepted changes (in order) with one engine call. If the
-        engine refuses the group or a stamp is beyond the clock bound, fall
-        back to one call per change so exactly the bad change is refused."""
+        engine refuses the group, a stamp is beyond the clock bound or a
+        record would outgrow the store, fall back (unless not `fallback`:
+        then raise, having merged nothing) to one call per change so exactly
+        the bad change is refused."""
         if len(cs) == 1:
             self._merge_one(cs[0], replay)
             return
@@ -406,22 +574,25 @@ class Node(Recovery):
         rebuilds = self._rebuilds
         kids, blobs = self._load_many(kbs)
         if self._rebuilds != rebuilds:  # the store was rebuilt: ids changed
-            self._merge_group(cs, replay)
+            self._merge_group(cs, replay, fallback)
             return
         try:
             out = self.engine.merge(build_multi(store.actor_table, blobs, sections))
             max_h, new = parse_merge_result(out)
             if not replay:
                 self.clock.check(max_h)
-        except (MalformedChange, CoreError, ClockSkewError):
+            # RecordTooLarge is raised while making room: before anything is logged
+            self._store_merge(cs, kbs, kids, blobs, new, max_h, replay)
+        except (MalformedChange, CoreError, ClockSkewError, RecordTooLarge):
+            if not fallback:
+                raise
             for c in cs:
                 self._merge_one(c, replay)
-            return
-        self._store_merge(cs, kbs, kids, blobs, new, max_h, replay)
 
     def _store_merge(self, cs, kbs, kids, old, new, max_h, replay):
         """Room first, then the log (made durable in durable mode), then the
-        store: a full disk refuses the whole group and changes nothing."""
+        store: a full disk (DiskFull) or a record past the largest size
+        (RecordTooLarge) refuses the whole group and changes nothing."""
         store = self.store
         changed = [(kid, kb, b) for kb, kid, o, b in zip(kbs, kids, old, new) if b != o]
         if self.store.mode == READ:  # a read-only process: remember, never write
@@ -459,7 +630,7 @@ class Node(Recovery):
                 return kids, blobs
             return self._load_many(kbs)
 
-    def _merge_one(self, c, replay: bool = False) -> None:
+    def _merge_one(self, c, replay: bool = False, check_skew: bool = True) -> None:
         """Merge one accepted change."""
         store = self.store
         kbs = [k.encode("utf-8") for k in c.keys]
@@ -472,7 +643,7 @@ class Node(Recovery):
         amap = [store.actor_index(a) for a in c.actors]
         batch = build_batch(store.actor_table, fmap, amap, blobs, c.nops, c.ops)
         max_h, new = parse_merge_result(self.engine.merge(batch))
-        if not replay:
+        if not replay and check_skew:
             self.clock.check(max_h)
         self._store_merge((c,), kbs, kids, blobs, new, max_h, replay)
 
@@ -565,6 +736,8 @@ class Node(Recovery):
             "log_damaged_bytes": self.log.damaged_bytes(),
             "log_truncated_bytes": self.log.truncated,
             "missing_changes": self.known.missing(),
+            "held_changes": self.pending.count(HELD),
+            "quarantined_changes": self.pending.count(QUARANTINED),
             "incomplete": self.incomplete,
             "seq": self.seq,
             "engine": self._engine.name if self._engine else load_engine_name(),

@@ -12,7 +12,7 @@ from . import clock as clock_mod
 from . import fs
 from .change import change_head, parse_change
 from .core.batch import build_batch, index_map, parse_merge_result
-from .errors import StoreCorrupt, MalformedChange
+from .errors import StoreCorrupt, MalformedChange, RemoteError, CoreError, RecordTooLarge
 from .reserve import Reserve, SEQ_STEP
 from .store import Store, BlobCorrupt
 from .store.mapped import PRIVATE, READ
@@ -173,10 +173,26 @@ class Recovery:
                 self.events.append("a log entry does not parse (%s); skipped" % e)
                 continue
             if len(group) >= REPLAY_GROUP:
-                self._merge_group(group, replay=True)
+                self._replay_group(group)
                 group = []
         if group:
-            self._merge_group(group, replay=True)
+            self._replay_group(group)
+
+    def _replay_group(self, group) -> None:
+        """A change our own log holds but this build cannot apply (written by
+        an older build that checked less) is skipped and reported: it must
+        not keep the data directory from opening."""
+        try:
+            self._merge_group(group, replay=True, fallback=False)
+            return
+        except (RemoteError, CoreError, RecordTooLarge):
+            pass
+        for c in group:
+            try:
+                self._merge_one(c, replay=True)
+            except (RemoteError, CoreError, RecordTooLarge) as e:
+                self.events.append("change %d of %016x in the op log cannot be applied (%s: %s);"
+                                   " skipped" % (c.seq, c.actor, type(e).__name__, e))
 
     def _settle_seq(self):
         own = self.known.vv.get(self.actor, 0)

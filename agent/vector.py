@@ -93,6 +93,29 @@ class Known:
             self.forgotten += 1
             n -= 1
 
+    def union(self, other) -> "Known":
+        """What this or other holds: a seq is missing only where both lack it."""
+        out = Known()
+        inf = float("inf")
+        for a in set(self.vv) | set(other.vv):
+            m1 = self.gaps.get(a, []) + [[self.vv.get(a, 0) + 1, inf]]
+            m2 = other.gaps.get(a, []) + [[other.vv.get(a, 0) + 1, inf]]
+            both, i, j = [], 0, 0
+            while i < len(m1) and j < len(m2):
+                lo, hi = max(m1[i][0], m2[j][0]), min(m1[i][1], m2[j][1])
+                if lo <= hi:
+                    both.append([lo, hi])
+                if m1[i][1] < m2[j][1]:
+                    i += 1
+                else:
+                    j += 1
+            top = both.pop()[0] - 1          # the last range is the open one
+            if top:
+                out.vv[a] = top
+            if both:
+                out.gaps[a] = both
+        return out
+
     def missing(self) -> int:
         """How many gap ranges are open."""
         return sum(len(v) for v in self.gaps.values())

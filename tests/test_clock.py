@@ -46,3 +46,16 @@ def test_actor_id_must_be_nonzero_64_bit():
         HLC(0)
     with pytest.raises(ValueError):
         HLC(1 << 64)
+
+
+def test_skew_check_takes_now_as_at_least_the_last_persisted_stamp():
+    """A Pi without a real-time clock boots in 1970: a fresh change from a
+    peer whose clock is right is still within the bound."""
+    from agent.clock import pack
+    today = 1_796_000_000_000
+    booted_in_1970 = HLC(1, last=pack(today, 0), wall=fixed(1000), max_skew_ms=300_000)
+    booted_in_1970.check(pack(today + 200_000, 0))
+    with pytest.raises(ClockSkewError):
+        booted_in_1970.check(pack(today + 400_000, 0))
+    with pytest.raises(ClockSkewError):        # without the floor it is refused
+        HLC(1, wall=fixed(1000), max_skew_ms=300_000).check(pack(today + 200_000, 0))

@@ -5,36 +5,25 @@ takes args with data_dir, json and durable and returns an exit code.
 """
 import asyncio
 import json
-import random
 import signal
 import sys
 import time
 
-from ..control import ControlServer, socket_path
-from ..errors import AgentError, UsageError, SyncError
+from ..errors import UsageError, SyncError
 from . import peers as P
-from .errors import PeerUnreachable, UnknownPeer
+from .errors import PeerUnreachable
 from .identity import ensure_identity, normalize_id
-from .session import Recent, Session
-from .transport import client_context, connect, drive, peer_device_id, server_context
+from .daemon import Daemon, _known, _size, raise_fd_limit, tune_malloc
+from .session import Session
+from .transport import client_context, connect, drive
 
-__all__ = ["cmd_serve", "cmd_sync", "cmd_peer_add", "cmd_peer_list", "cmd_id", "Daemon"]
+__all__ = ["cmd_serve", "cmd_sync", "cmd_peer_add", "cmd_peer_list", "cmd_id"]
 
-BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
-STATE_EVERY = 1.0
-
-
-def _log(msg):
-    print("%s mycelium: %s" % (time.strftime("%H:%M:%S"), msg), file=sys.stderr, flush=True)
 
 
 def _open_node(args):
     from ..node import Node
-    return Node(args.data_dir, durable=args.durable)
-
-
-def _known(data_dir):
-    return {normalize_id(k): v for k, v in P.load_peers(data_dir).items()}
+    return Node(args.data_dir, durable=args.durable, max_skew_ms=int(args.max_skew * 1000))
 
 
 # -- id, peer add, peer list
@@ -135,13 +124,6 @@ class _Progress:
         sys.stderr.flush()
 
 
-def _size(n):
-    for div, unit in ((1 << 20, "MiB"), (1 << 10, "KiB")):
-        if n >= div:
-            return "%.1f %s" % (n / div, unit)
-    return "%d B" % n
-
-
 def _resolve_peer(data_dir, text):
     peers = _known(data_dir)
     s = "".join(ch for ch in text.upper() if ch not in "- ")
@@ -222,208 +204,6 @@ def cmd_sync(args):
 # -- serve
 
 
-class Daemon:
-    """One node, a listener and a dialer per known peer, all in one loop."""
-
-    def __init__(self, node, data_dir, my_id, quiet=False):
-        self.node = node
-        self.data_dir = data_dir
-        self.my_id = my_id
-        self.recent = Recent()
-        self.sessions = {}          # session -> wake event
-        self.dialers = {}           # peer id -> task
-        self.peers = {}
-        self.peers_mtime = None
-        self.stop = asyncio.Event()
-        self.state_dirty = True
-        self.peer_state = P.load_state(data_dir).get("peers", {})
-        self.state_error = None
-        self.quiet = quiet
-
-    def log(self, msg):
-        if not self.quiet:
-            _log(msg)
-
-    def connected(self, peer_id):
-        return any(s.peer_id == peer_id and not s.closed for s in self.sessions)
-
-    def on_event(self, s, ev):
-        pid = s.peer_id or s.expect_peer
-        k = ev.kind
-        if k == "connected":
-            self.log("connected to %s (it lacks %d of our changes, we lack %d)"
-                     % (pid, P.behind(self.node.vv, ev.peer_vv), P.behind(ev.peer_vv, self.node.vv)))
-            self._peer(pid).update(connected=True, vv=P.vv_hex(ev.peer_vv))
-        elif k == "received":
-            if ev.new:
-                self.log("received %d change(s) from %s, %d new" % (ev.changes, pid, ev.new))
-                for other, wake in self.sessions.items():
-                    if other is not s:
-                        wake.set()
-            self.state_dirty = True
-        elif k == "sent":
-            self.log("sent %d change(s) to %s (%d skipped by Bloom, %s)"
-                     % (ev.changes, pid, ev.skipped, _size(ev.wire_bytes)))
-        elif k == "acked":
-            self._peer(pid)["vv"] = P.vv_hex(s.peer_vv)
-            self.state_dirty = True
-        elif k == "caught_up":
-            self.log("caught up with %s" % pid)
-            self._peer(pid).update(last_sync=int(time.time()), vv=P.vv_hex(s.peer_vv),
-                                   last_error=None)
-        elif k == "closed":
-            if ev.error is not None:
-                self.log("session with %s closed: %s: %s" % (pid, type(ev.error).__name__,
-                                                             ev.error))
-                self._peer(pid)["last_error"] = "%s: %s" % (type(ev.error).__name__, ev.error)
-            else:
-                self.log("session with %s closed (%s)" % (pid, ev.reason))
-            if not self.connected_except(pid, s):
-                self._peer(pid)["connected"] = False
-        self.state_dirty = True
-
-    def connected_except(self, pid, s):
-        return any(o.peer_id == pid and not o.closed and o is not s for o in self.sessions)
-
-    def _peer(self, pid):
-        return self.peer_state.setdefault(pid, {})
-
-    async def run_session(self, session, reader, writer):
-        wake = asyncio.Event()
-        self.sessions[session] = wake
-        try:
-            await drive(session, reader, writer, wake=wake, on_event=self.on_event,
-                        stop=self.stop)
-        finally:
-            self.sessions.pop(session, None)
-
-    async def handle(self, reader, writer):
-        try:
-            pid = peer_device_id(writer)
-        except UnknownPeer as e:
-            self.log("refused a connection: %s" % e)
-            writer.close()
-            return
-        self.reload_peers()
-        if pid not in self.peers:
-            addr = writer.get_extra_info("peername")
-            self.log("refused %s from %s: not a known peer (add it with `mycelium peer add "
-                     "%s HOST:PORT`)" % (pid, addr[0] if addr else "?", pid))
-            writer.close()
-            return
-        s = Session(self.node, self.my_id, pid, live=True, recent=self.recent)
-        await self.run_session(s, reader, writer)
-
-    async def dial(self, pid):
-        backoff = BACKOFF_MIN
-        ctx = client_context(self.data_dir)
-        while not self.stop.is_set() and pid in self.peers:
-            if self.connected(pid):
-                await self._sleep(1.0)
-                continue
-            addr = self.peers[pid].get("addr")
-            try:
-                host, port = P.parse_addr(addr)
-                reader, writer = await connect(host, port, ctx, pid)
-            except (SyncError, UsageError) as e:
-                self._peer(pid)["last_error"] = "%s: %s" % (type(e).__name__, e)
-                self.state_dirty = True
-                self.log("cannot reach %s at %s: %s (retry in %.1f s)" % (pid, addr, e, backoff))
-                await self._sleep(backoff * (0.8 + 0.4 * random.random()))
-                backoff = min(BACKOFF_MAX, backoff * 2)
-                continue
-            s = Session(self.node, self.my_id, pid, live=True, recent=self.recent)
-            await self.run_session(s, reader, writer)
-            if s.caught_up or s.stats["new"] or s.stats["sent_changes"]:
-                backoff = BACKOFF_MIN
-            if not self.stop.is_set():
-                await self._sleep(backoff * (0.8 + 0.4 * random.random()))
-                backoff = min(BACKOFF_MAX, backoff * 2)
-
-    async def _sleep(self, t):
-        try:
-            await asyncio.wait_for(self.stop.wait(), t)
-        except asyncio.TimeoutError:
-            pass
-
-    def reload_peers(self):
-        m = P.peers_mtime(self.data_dir)
-        if m == self.peers_mtime:
-            return
-        self.peers_mtime = m
-        self.peers = _known(self.data_dir)
-        for pid in self.peers:
-            t = self.dialers.get(pid)
-            if t is None or t.done():
-                self.dialers[pid] = asyncio.ensure_future(self.dial(pid))
-
-    def save_state(self):
-        """Write state.json; a full disk is logged (once) and retried, never fatal."""
-        if not self.state_dirty:
-            return
-        for pid, e in self.peer_state.items():
-            e["connected"] = self.connected(pid)
-        try:
-            P.save_state(self.data_dir, {"device_id": self.my_id, "vv": P.vv_hex(self.node.vv),
-                                         "peers": self.peer_state})
-        except AgentError as e:
-            if str(e) != self.state_error:
-                self.log("cannot save the sync state (%s); retrying every %.0f s"
-                         % (e, STATE_EVERY))
-                self.state_error = str(e)
-            return
-        if self.state_error:
-            self.log("the sync state is saved again")
-            self.state_error = None
-        self.state_dirty = False
-
-    def wake_all(self):
-        """A local write came in through the control socket: offer it now."""
-        for wake in self.sessions.values():
-            wake.set()
-        self.state_dirty = True
-
-    async def run(self, host, port, on_listening=None):
-        try:
-            server = await asyncio.start_server(self.handle, host, port,
-                                                ssl=server_context(self.data_dir),
-                                                ssl_handshake_timeout=10.0)
-        except OSError as e:
-            raise PeerUnreachable(_listen_hint(host, port, e)) from None
-        loop = asyncio.get_running_loop()
-        self.node.log.on_synced = lambda: loop.call_soon_threadsafe(self.wake_all)
-        for msg in self.node.events:
-            self.log("warning: %s" % msg)
-        control = ControlServer(self.node, socket_path(self.data_dir), self.wake_all)
-        await control.start()
-        bound = server.sockets[0].getsockname()
-        if on_listening:
-            on_listening(bound[0], bound[1])
-        self.log("listening on %s:%d as %s" % (bound[0], bound[1], self.my_id))
-        try:
-            while not self.stop.is_set():
-                self.reload_peers()
-                self.save_state()
-                await self._sleep(STATE_EVERY)
-        finally:
-            server.close()
-            await control.close()
-            for wake in list(self.sessions.values()):
-                wake.set()
-            tasks = [t for t in self.dialers.values() if not t.done()]
-            if self.sessions or tasks:
-                await asyncio.wait(tasks + [asyncio.ensure_future(self._drain())], timeout=5)
-            for t in tasks:
-                t.cancel()
-            self.state_dirty = True
-            self.save_state()
-            self.log("stopped")
-
-    async def _drain(self):
-        while self.sessions:
-            await asyncio.sleep(0.05)
-
-
 def cmd_serve(args):
     my_id = ensure_identity(args.data_dir)
     host, port = P.parse_addr(args.listen)
@@ -434,6 +214,8 @@ def cmd_serve(args):
         else:
             print("listening on %s:%d as %s" % (h, p, my_id), flush=True)
 
+    raise_fd_limit()
+    tune_malloc()
     with _open_node(args) as node:
         d = Daemon(node, args.data_dir, my_id)
 
@@ -448,16 +230,3 @@ def cmd_serve(args):
 
         asyncio.run(main())
     return 0
-
-
-def _listen_hint(host, port, e):
-    import errno
-    if e.errno == errno.EADDRINUSE:
-        why = "the port is in use (is another `mycelium serve` running?): pick another --listen"
-    elif e.errno == errno.EADDRNOTAVAIL:
-        why = "%s is not an address of this machine: use one of its addresses, or 0.0.0.0" % host
-    elif e.errno == errno.EACCES:
-        why = "ports below 1024 need root: pick a port above 1024"
-    else:
-        why = "check the --listen address"
-    return "cannot listen on %s:%d: %s; %s" % (host, port, e.strerror or e, why)

@@ -53,6 +53,8 @@ BLOOM_ERROR = 0.01
 MAX_BLOOM_CAPACITY = 1 << 16
 MAX_ID = 64
 MAX_ACTORS = 1 << 16            # entries of a version vector a peer may send
+MAX_NOT_TAKEN = 1 << 16
+MAX_LOST_SPAN = 4096            # seqs of one gap a HAVE may ask for again
 FLAG_LIVE = 1
 _u64 = struct.Struct("<Q")
 
@@ -85,6 +87,16 @@ class Received(Event):
     def __init__(self, batch, changes, new, dup, gap, ops_bytes):
         self.batch, self.changes, self.new, self.dup, self.gap = batch, changes, new, dup, gap
         self.ops_bytes = ops_bytes
+
+
+class Pended(Event):
+    """Changes of a batch were held, quarantined, or not taken (pending area full)."""
+    __slots__ = ("batch", "held", "quarantined", "refused", "reasons")
+    kind = "pended"
+
+    def __init__(self, batch, held, quarantined, refused, reasons):
+        self.batch, self.held, self.quarantined = batch, held, quarantined
+        self.refused, self.reasons = refused, reasons
 
 
 class Sent(Event):
@@ -224,13 +236,15 @@ class Session:
         self.next_batch = 1
         self.in_flight = {}          # batch -> [(actor, seq, prev)] sent or skipped in it
         self.no_skip = set()
+        self.not_taken = []          # (actor, seq, prev) sent but not taken by the peer
         self.idle_sent = False
         self.peer_idle = False
         self.caught_up = False
         # counters
         self.stats = {"sent_changes": 0, "sent_batches": 0, "skipped": 0, "recv_changes": 0,
                       "new": 0, "dup": 0, "gap": 0, "wire_out": 0, "wire_in": 0,
-                      "raw_out": 0, "raw_in": 0, "rewinds": 0}
+                      "raw_out": 0, "raw_in": 0, "rewinds": 0, "held": 0, "quarantined": 0,
+                      "refused": 0, "not_taken": 0}
         self.recv_batch = 0
         self.last_heard = time.monotonic()
 
@@ -250,7 +264,7 @@ class Session:
         put_varint(out, len(did))
         out += did
         out += _u64.pack(self.node.actor)
-        self.node.known.encode(out)
+        self.node.advertised().encode(out)
         put_varint(out, FLAG_LIVE if self.live else 0)
         encode_bloom(out, self.recent.bloom() if self.use_bloom else None)
         self._send(out)
@@ -370,7 +384,12 @@ class Session:
             raw_bytes += n
         batch = self.next_batch
         self.next_batch += 1
-        self.in_flight[batch] = [(a, sq, pv) for _, a, sq, pv in picked]
+        if skipped:
+            sent_ids = {id(it) for it in keep}
+            flags = [id(it) in sent_ids for it in picked]
+        else:
+            flags = [True] * len(picked)
+        self.in_flight[batch] = [(a, sq, pv, f) for (_, a, sq, pv), f in zip(picked, flags)]
         wire = self._send(out)
         self.idle_sent = False
         self.caught_up = False
@@ -465,6 +484,10 @@ class Session:
         self._events.append(Connected(peer_id, actor, dict(known.vv)))
 
     def _on_changes(self, m):
+        """Parse the whole batch first: a change whose header cannot be read
+        (or a batch that does not frame) is a ProtocolError and nothing of
+        the batch is applied. Then each change is judged alone by
+        Node.receive: merged, held or quarantined; none closes the session."""
         batch, p = get_varint(m, 1)
         if batch != self.recv_batch + 1:
             raise ProtocolError("CHANGES batch %d arrived after batch %d (a replayed or "
@@ -473,11 +496,7 @@ class Session:
         if n > len(m):
             raise ProtocolError("CHANGES count %d runs past the message" % n)
         node = self.node
-        has = node.known.has
-        check = node.clock.check
-        seen = set()
-        take, dup = [], 0
-        hashes = []
+        parsed, odd = [], []
         size = 0
         for _ in range(n):
             ln, p = get_varint(m, p)
@@ -485,36 +504,43 @@ class Session:
                 raise ProtocolError("a change runs past the CHANGES message")
             body = m[p:p + ln]
             p += ln
+            size += ln
             h = _blake(body, digest_size=HASH_LEN).digest()
             raw = body + h
-            c = parse_change(raw, check_hash=False)  # h was just computed from body
-            # MalformedChange: nothing of the batch applied
-            check(c.hlc)                   # ClockSkewError: likewise
-            size += ln
-            if has(c.actor, c.seq) or (c.actor, c.seq) in seen:
-                dup += 1
-                continue
-            seen.add((c.actor, c.seq))
-            take.append(c)
-            hashes.append(h)
+            try:
+                parsed.append(parse_change(raw, check_hash=False))  # h was just computed
+            except MalformedChange as e:
+                try:
+                    head = change_head(raw, any_version=True)
+                except MalformedChange:
+                    raise ProtocolError("a change in batch %d is not a change (%s)"
+                                        % (batch, e)) from None
+                odd.append((head, raw, "%s: %s" % (type(e).__name__, e)))
         if p != len(m):
             raise ProtocolError("CHANGES has %d trailing bytes" % (len(m) - p))
         self.recv_batch = batch
         self.peer_idle = False
-        new = node.merge_parsed(take) if take else 0
-        for h in hashes:
-            self.recent.add(h)
+        t = node.receive(parsed)
+        for head, raw, why in odd:
+            node.quarantine_raw(t, head, raw, why)
+        for c in parsed:
+            self.recent.add(c.hash)
         st = self.stats
         st["recv_changes"] += n
-        st["new"] += new
-        st["dup"] += dup + (len(take) - new)
+        st["new"] += t.new
+        st["dup"] += t.dup
+        st["held"] += t.held
+        st["quarantined"] += t.quarantined
+        st["refused"] += t.refused
         st["raw_in"] += size
         out = bytearray((ACK,))
         put_varint(out, batch)
-        node.known.encode(out)
+        node.advertised().encode(out)
         self._send(out)
         self.caught_up = False
-        self._events.append(Received(batch, n, new, dup + len(take) - new, 0, size))
+        self._events.append(Received(batch, n, t.new, t.dup, 0, size))
+        if t.held or t.quarantined or t.refused:
+            self._events.append(Pended(batch, t.held, t.quarantined, t.refused, t.reasons))
 
     def _on_ack(self, m):
         batch, p = get_varint(m, 1)
@@ -530,15 +556,23 @@ class Session:
 
     def _learn(self, known, checked):
         """The peer now holds `known`. Every change in `checked` (sent or
-        skipped, all acknowledged by this point) should be in it: one that is
-        not was skipped wrongly (a Bloom false positive), so rewind and stop
-        trusting the filter for its actor. The model of the peer becomes
-        `known` plus what is still in flight."""
+        skipped, all acknowledged by this point) should be in it. One that
+        was skipped and is not was skipped wrongly (a Bloom false positive):
+        rewind and stop trusting the filter for its actor. One that was sent
+        and is not, the peer did not take (an older peer, a full pending
+        area): it is not sent again in this session, so that nothing loops.
+        The model of the peer becomes `known` plus what is in flight."""
         self.peer_known = known
-        rewound = sorted({a for a, s, _ in checked if not known.has(a, s)})
+        rewound = sorted({a for a, s, _, sent in checked if not sent and not known.has(a, s)})
+        for a, s, prev, sent in checked:
+            if sent and not known.has(a, s) and len(self.not_taken) < MAX_NOT_TAKEN:
+                self.not_taken.append((a, s, prev))
+                self.stats["not_taken"] += 1
         model = known.copy()
+        for a, s, prev in self.not_taken:
+            model.add(a, s, prev)
         for items in self.in_flight.values():
-            for a, s, prev in items:
+            for a, s, prev, _ in items:
                 model.add(a, s, prev)
         self.model = model
         if rewound:
@@ -557,15 +591,29 @@ class Session:
         self._check_caught_up()
 
     def _on_have(self, m):
+        """A HAVE cannot take back what the peer said it holds: it may have
+        been written before our last batches arrived, and a peer that sends a
+        smaller vector (a stale or a hostile one) must not make us resend
+        the log. So the peer is taken to hold what it said before or says
+        now, less the gaps it newly reports (entries its log lost): exactly
+        those are sent again."""
         known, p = decode_known(m, 1)
         bf, p = decode_bloom(m, p)
         if p != len(m):
             raise ProtocolError("HAVE has trailing bytes")
-        # It may have been written before our last batches arrived: only the
-        # rewind check waits for an ACK. A HAVE that adds gaps (the peer lost
-        # a change from its log) rewinds too, so that they are sent again.
-        lost = any(known.gaps.get(a) != self.peer_known.gaps.get(a) for a in known.gaps)
-        self._learn(known, [])
+        before = self.peer_known
+        merged = before.union(known)
+        lost = 0
+        for a, ranges in known.gaps.items():
+            old = before.gaps.get(a, [])
+            for lo, hi in ranges:
+                if [lo, hi] in old:
+                    continue
+                for sq in range(lo, min(hi, lo + MAX_LOST_SPAN) + 1):
+                    if merged.has(a, sq):
+                        merged.lose(a, sq)
+                        lost += 1
+        self._learn(merged, [])
         if lost:
             self.cursor = (0, 0)
             self.idle_sent = False
@@ -595,7 +643,7 @@ class Session:
         if self.node._holes_pending:
             self.node.scan_log()
         out = bytearray((HAVE,))
-        self.node.known.encode(out)
+        self.node.advertised().encode(out)
         encode_bloom(out, self.recent.bloom() if self.use_bloom else None)
         self._send(out)
 

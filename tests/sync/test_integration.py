@@ -130,7 +130,8 @@ def test_malformed_frames_from_a_known_peer_leave_the_daemon_serving(tmp_path):
         cmd(b, "peer", "add", ida, srv.addr)
         host, port = srv.addr.rsplit(":", 1)
         from agent.vector import Known
-        fake = types.SimpleNamespace(actor=0x1234567, vv={}, known=Known(),
+        k = Known()
+        fake = types.SimpleNamespace(actor=0x1234567, vv={}, known=k, advertised=lambda: k,
                                      _holes_pending=False)
 
         async def attack(data, close_after):

@@ -1,0 +1,394 @@
+"""The daemon behind `mycelium serve`: one node, a listener, a dialer per
+known peer, the control socket and `state.json`, all in one asyncio loop.
+
+Admission (docs/SYNC.md, "Connection"): TCP is accepted plain and TLS is
+started by hand, so connections still in their handshake are counted. At
+most MAX_UNAUTHENTICATED of them at once (the oldest is dropped to admit a
+new one) and MAX_SESSIONS_PER_PEER sessions per pinned peer (likewise), so
+neither a flood of idle connections nor one peer's many sessions can run
+the daemon out of memory. After a burst, freed heap goes back to the OS.
+"""
+import asyncio
+import gc
+import random
+import ssl
+import sys
+import time
+
+from ..control import ControlServer, socket_path
+from ..errors import AgentError, UsageError, SyncError
+from . import peers as P
+from .errors import PeerUnreachable, UnknownPeer
+from .identity import normalize_id
+from .session import Recent, Session
+from .transport import HANDSHAKE_TIMEOUT, client_context, connect, drive, peer_device_id, \
+    server_context
+
+__all__ = ["Daemon", "MAX_UNAUTHENTICATED", "MAX_SESSIONS_PER_PEER"]
+
+BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
+STATE_EVERY = 1.0
+MAX_UNAUTHENTICATED = 64
+MAX_SESSIONS_PER_PEER = 2
+ACCEPT_BACKLOG = 16
+# asyncio's TLS transport keeps a read buffer of this size per connection
+# (256 KiB in CPython 3.11 and 3.12); TLS records are at most 16 KiB, so 64
+# KiB costs nothing in throughput and a quarter of the memory per connection.
+SSL_READ_BUFFER = 64 << 10
+
+
+def _smaller_tls_buffers():
+    try:
+        from asyncio import sslproto
+        if getattr(sslproto.SSLProtocol, "max_size", 0) > SSL_READ_BUFFER:
+            sslproto.SSLProtocol.max_size = SSL_READ_BUFFER
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _log(msg):
+    print("%s mycelium: %s" % (time.strftime("%H:%M:%S"), msg), file=sys.stderr, flush=True)
+
+
+def _known(data_dir):
+    return {normalize_id(k): v for k, v in P.load_peers(data_dir).items()}
+
+
+def _size(n):
+    for div, unit in ((1 << 20, "MiB"), (1 << 10, "KiB")):
+        if n >= div:
+            return "%.1f %s" % (n / div, unit)
+    return "%d B" % n
+
+
+class Daemon:
+    """One node, a listener and a dialer per known peer, all in one loop."""
+
+    def __init__(self, node, data_dir, my_id, quiet=False):
+        self.node = node
+        self.data_dir = data_dir
+        self.my_id = my_id
+        self.recent = Recent()
+        self.sessions = {}          # session -> wake event
+        self.dialers = {}           # peer id -> task
+        self.peers = {}
+        self.peers_mtime = None
+        self.stop = asyncio.Event()
+        self.state_dirty = True
+        self.peer_state = P.load_state(data_dir).get("peers", {})
+        self.state_error = None
+        self.quiet = quiet
+        self.max_unauth = MAX_UNAUTHENTICATED
+        self.max_per_peer = MAX_SESSIONS_PER_PEER
+        self.unauth = {}            # connection number -> writer, oldest first
+        self._conn_seq = 0
+        self.dropped = 0
+        self.released = False       # a connection ended since the last malloc_trim
+        self.server_ctx = None
+        _smaller_tls_buffers()
+
+    def log(self, msg):
+        if not self.quiet:
+            _log(msg)
+
+    def connected(self, peer_id):
+        return any(s.peer_id == peer_id and not s.closed for s in self.sessions)
+
+    def on_event(self, s, ev):
+        pid = s.peer_id or s.expect_peer
+        k = ev.kind
+        if k == "connected":
+            self.log("connected to %s (it lacks %d of our changes, we lack %d)"
+                     % (pid, P.behind(self.node.vv, ev.peer_vv), P.behind(ev.peer_vv, self.node.vv)))
+            self._peer(pid).update(connected=True, vv=P.vv_hex(ev.peer_vv))
+        elif k == "received":
+            if ev.new:
+                self.log("received %d change(s) from %s, %d new" % (ev.changes, pid, ev.new))
+                for other, wake in self.sessions.items():
+                    if other is not s:
+                        wake.set()
+            self.state_dirty = True
+        elif k == "pended":
+            self.log("from %s: %d change(s) held, %d quarantined, %d not taken (pending area "
+                     "full); see `mycelium pending`: %s" % (pid, ev.held, ev.quarantined,
+                                                            ev.refused, "; ".join(ev.reasons[:3])))
+        elif k == "sent":
+            self.log("sent %d change(s) to %s (%d skipped by Bloom, %s)"
+                     % (ev.changes, pid, ev.skipped, _size(ev.wire_bytes)))
+        elif k == "acked":
+            self._peer(pid)["vv"] = P.vv_hex(s.peer_vv)
+            self.state_dirty = True
+        elif k == "caught_up":
+            self.log("caught up with %s" % pid)
+            self._peer(pid).update(last_sync=int(time.time()), vv=P.vv_hex(s.peer_vv),
+                                   last_error=None)
+        elif k == "closed":
+            if ev.error is not None:
+                self.log("session with %s closed: %s: %s" % (pid, type(ev.error).__name__,
+                                                             ev.error))
+                self._peer(pid)["last_error"] = "%s: %s" % (type(ev.error).__name__, ev.error)
+            else:
+                self.log("session with %s closed (%s)" % (pid, ev.reason))
+            if not self.connected_except(pid, s):
+                self._peer(pid)["connected"] = False
+        self.state_dirty = True
+
+    def connected_except(self, pid, s):
+        return any(o.peer_id == pid and not o.closed and o is not s for o in self.sessions)
+
+    def _peer(self, pid):
+        return self.peer_state.setdefault(pid, {})
+
+    async def run_session(self, session, reader, writer):
+        wake = asyncio.Event()
+        self.sessions[session] = wake
+        try:
+            await drive(session, reader, writer, wake=wake, on_event=self.on_event,
+                        stop=self.stop)
+        finally:
+            self.sessions.pop(session, None)
+            self.released = True
+
+    def _admit(self, writer):
+        """Count a connection still in its handshake; past the cap, drop the oldest."""
+        self._conn_seq += 1
+        key = self._conn_seq
+        self.unauth[key] = asyncio.current_task()
+        while len(self.unauth) > self.max_unauth:
+            old_key = next(iter(self.unauth))
+            self.unauth.pop(old_key).cancel()  # start_tls then closes its transport
+            self.dropped += 1
+            if self.dropped in (1, 10, 100, 1000) or self.dropped % 10000 == 0:
+                self.log("%d connection(s) dropped so far: more than %d were in their TLS "
+                         "handshake at once (a scan or a flood?)" % (self.dropped,
+                                                                      self.max_unauth))
+        return key
+
+    def _make_room_for(self, pid):
+        """At most max_per_peer sessions with one peer: close the oldest."""
+        mine = [s for s in self.sessions if s.peer_id == pid or s.expect_peer == pid]
+        for s in mine[:max(0, len(mine) - self.max_per_peer + 1)]:
+            s.close("%s opened more than %d sessions; the oldest is closed"
+                    % (pid, self.max_per_peer))
+            self.sessions[s].set()
+
+    async def handle(self, reader, writer):
+        key = self._admit(writer)
+        try:
+            await writer.start_tls(self.server_ctx, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+        except asyncio.CancelledError:
+            if key in self.unauth:  # not dropped by _admit: the daemon is stopping
+                raise
+            return
+        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError):
+            writer.transport.abort()
+            return
+        finally:
+            self.unauth.pop(key, None)
+            self.released = True
+        try:
+            pid = peer_device_id(writer)
+        except UnknownPeer as e:
+            self.log("refused a connection: %s" % e)
+            writer.close()
+            return
+        self.reload_peers()
+        if pid not in self.peers:
+            addr = writer.get_extra_info("peername")
+            self.log("refused %s from %s: not a known peer (add it with `mycelium peer add "
+                     "%s HOST:PORT`)" % (pid, addr[0] if addr else "?", pid))
+            writer.close()
+            return
+        self._make_room_for(pid)
+        s = Session(self.node, self.my_id, pid, live=True, recent=self.recent)
+        await self.run_session(s, reader, writer)
+
+    async def dial(self, pid):
+        backoff = BACKOFF_MIN
+        ctx = client_context(self.data_dir)
+        while not self.stop.is_set() and pid in self.peers:
+            if self.connected(pid):
+                await self._sleep(1.0)
+                continue
+            addr = self.peers[pid].get("addr")
+            try:
+                host, port = P.parse_addr(addr)
+                reader, writer = await connect(host, port, ctx, pid)
+            except (SyncError, UsageError) as e:
+                self._peer(pid)["last_error"] = "%s: %s" % (type(e).__name__, e)
+                self.state_dirty = True
+                self.log("cannot reach %s at %s: %s (retry in %.1f s)" % (pid, addr, e, backoff))
+                await self._sleep(backoff * (0.8 + 0.4 * random.random()))
+                backoff = min(BACKOFF_MAX, backoff * 2)
+                continue
+            s = Session(self.node, self.my_id, pid, live=True, recent=self.recent)
+            await self.run_session(s, reader, writer)
+            if s.caught_up or s.stats["new"] or s.stats["sent_changes"]:
+                backoff = BACKOFF_MIN
+            if not self.stop.is_set():
+                await self._sleep(backoff * (0.8 + 0.4 * random.random()))
+                backoff = min(BACKOFF_MAX, backoff * 2)
+
+    async def _sleep(self, t):
+        try:
+            await asyncio.wait_for(self.stop.wait(), t)
+        except asyncio.TimeoutError:
+            pass
+
+    def reload_peers(self):
+        m = P.peers_mtime(self.data_dir)
+        if m == self.peers_mtime:
+            return
+        self.peers_mtime = m
+        self.peers = _known(self.data_dir)
+        for pid in self.peers:
+            t = self.dialers.get(pid)
+            if t is None or t.done():
+                self.dialers[pid] = asyncio.ensure_future(self.dial(pid))
+
+    def save_state(self):
+        """Write state.json; a full disk is logged (once) and retried, never fatal."""
+        if not self.state_dirty:
+            return
+        for pid, e in self.peer_state.items():
+            e["connected"] = self.connected(pid)
+        try:
+            P.save_state(self.data_dir, {"device_id": self.my_id, "vv": P.vv_hex(self.node.vv),
+                                         "peers": self.peer_state})
+        except AgentError as e:
+            if str(e) != self.state_error:
+                self.log("cannot save the sync state (%s); retrying every %.0f s"
+                         % (e, STATE_EVERY))
+                self.state_error = str(e)
+            return
+        if self.state_error:
+            self.log("the sync state is saved again")
+            self.state_error = None
+        self.state_dirty = False
+
+    def give_back_memory(self):
+        """After connections ended, return the freed heap to the OS (glibc
+        keeps it otherwise; a burst would leave the RSS high for good)."""
+        if not self.released:
+            return
+        self.released = False
+        gc.collect()  # a dropped handshake leaves cycles (exception, traceback, frames)
+        _malloc_trim()
+
+    def release_held(self):
+        """Apply held changes the clock has reached (Node.release_due checks every few s)."""
+        try:
+            n = self.node.release_due()
+        except AgentError as e:
+            self.log("cannot apply held changes: %s" % e)
+            return
+        if n:
+            self.log("applied %d held change(s): this device's clock reached their stamps" % n)
+            self.wake_all()
+
+    def wake_all(self):
+        """A local write came in through the control socket: offer it now."""
+        for wake in self.sessions.values():
+            wake.set()
+        self.state_dirty = True
+
+    async def run(self, host, port, on_listening=None):
+        try:
+            self.server_ctx = server_context(self.data_dir)
+            # A short backlog also bounds how many connections one accept burst takes in.
+            server = await asyncio.start_server(self.handle, host, port, backlog=ACCEPT_BACKLOG)
+        except OSError as e:
+            raise PeerUnreachable(_listen_hint(host, port, e)) from None
+        loop = asyncio.get_running_loop()
+        self.node.log.on_synced = lambda: loop.call_soon_threadsafe(self.wake_all)
+        for msg in self.node.events:
+            self.log("warning: %s" % msg)
+        control = ControlServer(self.node, socket_path(self.data_dir), self.wake_all)
+        await control.start()
+        bound = server.sockets[0].getsockname()
+        if on_listening:
+            on_listening(bound[0], bound[1])
+        self.log("listening on %s:%d as %s" % (bound[0], bound[1], self.my_id))
+        try:
+            while not self.stop.is_set():
+                self.reload_peers()
+                self.release_held()
+                self.save_state()
+                self.give_back_memory()
+                await self._sleep(STATE_EVERY)
+        finally:
+            server.close()
+            await control.close()
+            for wake in list(self.sessions.values()):
+                wake.set()
+            tasks = [t for t in self.dialers.values() if not t.done()]
+            if self.sessions or tasks:
+                await asyncio.wait(tasks + [asyncio.ensure_future(self._drain())], timeout=5)
+            for t in tasks:
+                t.cancel()
+            self.state_dirty = True
+            self.save_state()
+            self.log("stopped")
+
+    async def _drain(self):
+        while self.sessions:
+            await asyncio.sleep(0.05)
+
+
+_libc = None
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 256 << 10
+
+
+def _glibc():
+    global _libc
+    if _libc is None:
+        try:
+            import ctypes
+            lib = ctypes.CDLL(None)
+            lib.malloc_trim, lib.mallopt  # glibc only (Termux's bionic has neither)
+            _libc = lib
+        except (OSError, AttributeError):
+            _libc = False
+    return _libc
+
+
+def tune_malloc():
+    """Blocks of 256 KiB and more (frame buffers, decoded batches) come
+    straight from mmap and go back to the OS when freed. glibc would
+    otherwise raise that threshold after the first such free and serve them
+    from its heap, where a burst stays resident."""
+    lib = _glibc()
+    if lib:
+        lib.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+
+
+def _malloc_trim():
+    lib = _glibc()
+    if lib:
+        lib.malloc_trim(0)
+
+
+def raise_fd_limit():
+    """Lift the soft limit on open files to the hard one: a flood of
+    connections must meet the admission cap, not EMFILE."""
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
+def _listen_hint(host, port, e):
+    import errno
+    if e.errno == errno.EADDRINUSE:
+        why = "the port is in use (is another `mycelium serve` running?): pick another --listen"
+    elif e.errno == errno.EADDRNOTAVAIL:
+        why = "%s is not an address of this machine: use one of its addresses, or 0.0.0.0" % host
+    elif e.errno == errno.EACCES:
+        why = "ports below 1024 need root: pick a port above 1024"
+    else:
+        why = "check the --listen address"
+    return "cannot listen on %s:%d: %s; %s" % (host, port, e.strerror or e, why)

@@ -1,0 +1,153 @@
+"""Issue cases that used to wedge sync, with real `serve`, `sync`, `put` and
+`pending` processes over TCP + TLS: a wrong clock, a refused local write, and
+two legal writes that merge past the largest record."""
+import json
+import os
+import re
+
+from agent.node import Node
+from agent.store.store import MAX_BLOB
+
+from .helpers import pair, run
+from .procs import Serve, cmd, init, wait_for
+
+
+def _get(data_dir, key):
+    return json.loads(cmd(data_dir, "--json", "get", key).stdout)["fields"]
+
+
+def _log_entries(data_dir):
+    with Node(data_dir, readonly=True) as n:
+        return sum(1 for _ in n.log.read())
+
+
+def test_one_wrong_clock_holds_only_its_own_changes(tmp_path):
+    """A relays C's changes, and its own clock ran an hour ahead for one
+    write. B takes everything else, holds A's changes from there on, says
+    so in `pending` and `stats`, and applies them on release."""
+    a, b, c = (str(tmp_path / n) for n in "abc")
+    ida, idb, _ = init(a), init(b), init(c)
+    with Node(a) as na, Node(c) as nc:
+        na.put("ok", {"v": 1})
+        for i in range(20):
+            nc.put("c%d" % i, {"v": i})
+        run(*pair(nc, na))
+        real = na.clock._wall
+        na.clock._wall = lambda: real() + 3600_000
+        na.put("future", {"v": 2})
+        na.clock._wall = real
+        for i in range(20, 40):
+            nc.put("c%d" % i, {"v": i})
+        run(*pair(nc, na))
+        actor_a = "%016x" % na.actor
+    srv = Serve(a)
+    try:
+        cmd(a, "peer", "add", idb, "127.0.0.1:9")
+        cmd(b, "peer", "add", ida, srv.addr)
+        cmd(b, "sync", ida[:7])
+        cmd(b, "sync", ida[:7])                          # again: nothing loops or fails
+    finally:
+        assert srv.stop() == 0
+    for i in range(40):
+        assert _get(b, "c%d" % i) == {"v": i}
+    assert _get(b, "ok") == {"v": 1}
+    cmd(b, "get", "future", check=1)
+    items = json.loads(cmd(b, "--json", "pending").stdout)
+    assert [(it["kind"], it["actor"]) for it in items] == [("held", actor_a)]
+    assert "ahead" in items[0]["why"] and "--max-skew" in items[0]["why"]
+    st = json.loads(cmd(b, "--json", "stats").stdout)
+    assert st["held_changes"] == 1 and st["missing_changes"] == 0
+    out = cmd(b, "pending", "--release", actor_a).stdout
+    assert "applied 1" in out
+    assert _get(b, "future") == {"v": 2}
+    assert json.loads(cmd(b, "--json", "pending").stdout) == []
+
+
+def test_a_larger_max_skew_takes_the_change(tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    ida, idb = init(a), init(b)
+    with Node(a) as na:
+        real = na.clock._wall
+        na.clock._wall = lambda: real() + 3600_000
+        na.put("future", {"v": 2})
+    srv = Serve(a)
+    try:
+        cmd(a, "peer", "add", idb, "127.0.0.1:9")
+        cmd(b, "peer", "add", ida, srv.addr)
+        cmd(b, "sync", ida, "--max-skew", "7200")
+    finally:
+        srv.stop()
+    assert _get(b, "future") == {"v": 2}
+    p = cmd(b, "sync", ida, "--max-skew", "soon", check=2)
+    assert "seconds" in p.stderr
+
+
+def test_a_refused_local_write_leaves_no_trace_and_sync_goes_on(tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    ida, idb = init(a), init(b)
+    cmd(a, "put", "first", "v=1")
+    seq = json.loads(cmd(a, "--json", "stats").stdout)["seq"]
+    entries = _log_entries(a)
+    p = cmd(a, "put", "k" * 1025, "v=1", check=2)
+    assert "1024" in p.stderr
+    p = cmd(a, "put", "r", "v=" + "x" * (MAX_BLOB + 10), check=3)
+    assert "limit" in p.stderr
+    assert json.loads(cmd(a, "--json", "stats").stdout)["seq"] == seq
+    assert _log_entries(a) == entries
+    cmd(a, "put", "after", "v:=2")
+    srv = Serve(a)
+    try:
+        cmd(a, "peer", "add", idb, "127.0.0.1:9")
+        cmd(b, "peer", "add", ida, srv.addr)
+        cmd(b, "sync", ida)
+    finally:
+        srv.stop()
+    assert _get(b, "after") == {"v": 2}
+    assert _log_entries(b) == entries + 1
+
+
+def test_two_legal_writes_that_merge_past_the_limit_do_not_stop_sync(tmp_path):
+    """Each device writes just over half the largest record into its own
+    field of one key, then more records. Both serve and dial each other:
+    the merge that would not fit is quarantined on each side, everything
+    else converges, and the sessions do not reconnect in a loop."""
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    ida, idb = init(a), init(b)
+    half = "x" * (MAX_BLOB // 2 + 100)
+    with Node(a) as na, Node(b) as nb:
+        na.put("r", {"fa": half})
+        nb.put("r", {"fb": half})
+        for i in range(50):
+            na.put("a%d" % i, {"v": i})
+            nb.put("b%d" % i, {"v": i})
+    sa, sb = Serve(a), Serve(b)
+    try:
+        cmd(a, "peer", "add", idb, sb.addr)
+        cmd(b, "peer", "add", ida, sa.addr)
+
+        def done():
+            try:
+                return all(json.loads(cmd(d, "--json", "stats").stdout)["quarantined_changes"]
+                           == 1 for d in (a, b))
+            except ValueError:
+                return False
+        assert wait_for(done, 30), (sa.log(), sb.log())
+        cmd(a, "put", "late", "v:=1")                         # still flowing afterwards
+        assert wait_for(lambda: cmd(b, "get", "late", check=None).returncode == 0, 15)
+        import time
+        time.sleep(3)
+    finally:
+        codes = sa.stop(), sb.stop()
+    logs = sa.log() + sb.log()
+    assert codes == (0, 0), logs
+    assert "Traceback" not in logs and "Unhandled" not in logs
+    assert len(re.findall(r"connected to", logs)) <= 4, logs   # no reconnect loop
+    assert "quarantined" in logs
+    for d in (a, b):
+        for i in range(50):
+            assert _get(d, "a%d" % i) == {"v": i}
+            assert _get(d, "b%d" % i) == {"v": i}
+        items = json.loads(cmd(d, "--json", "pending").stdout)
+        assert [it["kind"] for it in items] == ["quarantined"]
+        assert items[0]["why"].startswith("RecordTooLarge")
+        assert os.listdir(os.path.join(d, "pending"))
