@@ -49,6 +49,11 @@ def string_table(strings) -> bytes:
     return bytes(out)
 
 
+def key_table_one(kb: bytes) -> bytes:
+    """string_table([key]) for one key already encoded (the local write path)."""
+    return b"\x01" + varint(len(kb)) + kb
+
+
 def actor_table(actors) -> bytes:
     return varint(len(actors)) + b"".join(_u64.pack(a) for a in actors)
 

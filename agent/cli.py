@@ -15,6 +15,9 @@ PUT_HELP = """\
 Each FIELD argument names a field and says what to do with it:
 
   name=Ada          lww register, string value
+  photo=@cat.jpg    lww register, the content of a file (text if it is UTF-8, else
+                    bytes); one write is at most 1 MiB (MYCELIUM_MAX_WRITE_MB), a
+                    record at most 16 MiB. A string starting with @: name:='"@x"'
   age:=36           lww register, JSON value (number, true/false, null, "text")
   visits+=1         counter: add 1            visits-=2   counter: subtract 2
   mood|=calm        multi-value register: write "calm" (concurrent writes are all kept)
@@ -43,6 +46,9 @@ and write nothing; they work beside a running writer.
 The data directory defaults to $XDG_DATA_HOME/mycelium, else
 ~/.local/share/mycelium; set it with --data-dir or MYCELIUM_DATA_DIR.
 """
+
+
+MAX_FILE_VALUE = 16 << 20
 
 
 def parse_assignment(arg: str):
@@ -76,7 +82,24 @@ def parse_assignment(arg: str):
     i = arg.find("=")
     if i <= 0:
         raise UsageError("%r is not FIELD=VALUE; see `mycelium put --help`" % arg)
-    return arg[:i], arg[i + 1:]
+    name, raw = arg[:i], arg[i + 1:]
+    if raw.startswith("@"):
+        return name, _read_value(arg, raw[1:])
+    return name, raw
+
+
+def _read_value(arg, path):
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILE_VALUE + 1)
+    except OSError as e:
+        raise UsageError("%s: cannot read %s: %s" % (arg, path, e.strerror or e)) from None
+    if len(data) > MAX_FILE_VALUE:
+        raise UsageError("%s: %s is larger than %d bytes" % (arg, path, MAX_FILE_VALUE))
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data
 
 
 def _jsonable(v):

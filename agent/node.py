@@ -21,7 +21,8 @@ import struct
 import time
 
 from . import clock as clock_mod
-from .change import Change, actor_table, build_change_raw, change_head, parse_change, string_table
+from .change import (Change, actor_table, key_table_one, build_change_raw, change_head,
+                     parse_change, string_table)
 from .codec import varint
 from .core import load_engine
 from .core import ops as O
@@ -35,6 +36,7 @@ from .identity import init_identity, read_identity
 from .oplog.log import OpLog, SEGMENT_MAX
 from .recovery import Recovery
 from .store import BlobCorrupt
+from .store.big import MAX_RECORD
 from .store.keyindex import MAX_KEY
 from .store.mapped import READ
 from .values import Inc, MV, Add, Remove, decode_record, is_visible
@@ -46,6 +48,7 @@ CHECKPOINT_EVERY = 50_000     # changes; or CHECKPOINT_SECONDS after the first s
 CHECKPOINT_SECONDS = 60.0
 Z = b"\x00"  # key index 0 and actor index 0 of a local change: its one key, this device
 TRIM_CHECK_EVERY = 2048
+DEFAULT_MAX_WRITE_MB = 1      # one local write; records hold up to MAX_RECORD (16 MiB)
 RELEASE_EVERY = 5.0           # seconds between checks of held changes against the clock
 # 0: off. Trimming trades read latency (pages fault back in) for a bounded
 # RSS; 100K records and the core fit in 35 MB without it. Set
@@ -74,7 +77,7 @@ class Node(Recovery):
     def __init__(self, data_dir: str, durable: bool = False, engine=None,
                  max_skew_ms: int = clock_mod.DEFAULT_MAX_SKEW_MS,
                  flush_interval_ms: int = 100, rss_budget_mb=None, readonly: bool = False,
-                 segment_bytes: int = SEGMENT_MAX):
+                 segment_bytes: int = SEGMENT_MAX, max_write: int = None):
         self.data_dir = data_dir
         self.readonly = readonly
         self.durable = durable
@@ -117,6 +120,9 @@ class Node(Recovery):
         budget = rss_budget_mb if rss_budget_mb is not None else float(
             os.environ.get("MYCELIUM_RSS_BUDGET_MB", DEFAULT_RSS_BUDGET_MB))
         self.rss_budget = int(budget * 1024 * 1024)
+        self.max_write = int(float(os.environ.get("MYCELIUM_MAX_WRITE_MB", DEFAULT_MAX_WRITE_MB))
+                             * 1024 * 1024) if max_write is None else max_write
+        self.max_write = min(self.max_write, MAX_RECORD)
         if self.pending and not readonly:
             self._settle_pending()
 
@@ -286,10 +292,15 @@ class Node(Recovery):
                 visible = True
         except (ValueError, TypeError) as e:
             raise UsageError("field %r: %s" % (name, e)) from None
+        ops = b"".join(parts)
+        if len(ops) > self.max_write:
+            raise UsageError("this write is %d bytes; one write may be at most %d (a record "
+                             "holds at most %d). Split the value over several fields or "
+                             "records, or raise MYCELIUM_MAX_WRITE_MB"
+                             % (len(ops), self.max_write, MAX_RECORD))
         # A fresh stamp is above the record's delete stamp, so any write but a
         # remove leaves the record visible; only then is the blob read again.
-        self._commit_local(key, kb, kid, blob, stamp, ftab, fmap, len(parts),
-                           b"".join(parts), visible)
+        self._commit_local(key, kb, kid, blob, stamp, ftab, fmap, len(parts), ops, visible)
 
     def delete(self, key: str) -> bool:
         """Delete the record (a tombstone; a later write revives it).
@@ -346,8 +357,8 @@ class Node(Recovery):
             self.reserve.need_seq(seq)
         vv = self.known.vv
         prev = vv.get(self.actor, 0)
-        raw = build_change_raw(self._actor_b, seq, prev, stamp,
-                               b"\x01" + varint(len(kb)) + kb, ftab, atab, rnops, rops)
+        raw = build_change_raw(self._actor_b, seq, prev, stamp, key_table_one(kb), ftab, atab,
+                               rnops, rops)
         self.seq = seq  # issued: never again, even if the append below fails
         self.log.append(raw)
         if self.durable:

@@ -184,19 +184,28 @@ def test_store_pages_are_unmapped_past_the_rss_budget_and_data_stays(tmp_path):
 
 
 def test_a_refused_write_leaves_no_trace_in_the_log_or_the_seq(tmp_path):
-    """A key over the limit or a record over the largest slot is refused
-    before the change gets a sequence number's slot in the log: nothing is
-    logged, and the store opens again after a crash."""
+    """A key over the limit, a write over the per-write limit or a record
+    over 16 MiB is refused before the change gets a sequence number or a
+    place in the log: nothing is logged, and the store opens again after a
+    crash."""
     from agent.errors import RecordTooLarge, UsageError
-    n = node(tmp_path / "a")
+    n = node(tmp_path / "a", max_write=10 << 20)
     n.put("ok", {"v": 1})
+    seq = n.seq
+    n.put("big", {"f%d" % i: "x" * (9 << 20) for i in range(1)})
     size = n.log.size()
     with pytest.raises(UsageError):
         n.put("k" * 1025, {"v": 1})
+    with pytest.raises(UsageError):
+        n.put("k", {"v": "x" * ((10 << 20) + 1)})
     with pytest.raises(RecordTooLarge):
-        n.put("big", {"v": "x" * 40_000})
-    assert n.log.size() == size and n.get("big") is None
+        n.put("big", {"g": "y" * (8 << 20)})             # 17 MiB merged
+    assert n.log.size() == size and n.seq == seq + 1 and n.get("k") is None
+    assert set(n.get("big")) == {"f0"}
+    n.put("big", {"v": "x" * 40_000})                   # past 32 KiB is fine
+    assert len(n.get("big")["v"]) == 40_000
     n.log.close()
     n.store.lock.release()  # the process dies here
     with node(tmp_path / "a") as m:
-        assert m.get("ok") == {"v": 1} and m.get("big") is None
+        assert m.get("ok") == {"v": 1} and m.get("k") is None
+        assert len(m.get("big")["f0"]) == 9 << 20

@@ -9,7 +9,7 @@ from pyroaring import BitMap
 
 from .. import fs
 from .arena import SIZE_CLASSES
-from .keyindex import NO_CLASS
+from .keyindex import NO_CLASS, BIG
 
 __all__ = ["load", "write", "rebuild"]
 
@@ -78,13 +78,16 @@ def rebuild(store) -> None:
             continue
         u = used.setdefault(cls, BitMap())
         got = None
-        if cls < len(SIZE_CLASSES) and slot not in u and store.arenas[cls] is not None:
+        if cls == BIG:
+            got = store.big.read(kid)
+        elif cls < len(SIZE_CLASSES) and slot not in u and store.arenas[cls] is not None:
             got = store.arenas[cls].read(slot, kid)
         if got is None:
             keys.set_location(kid, NO_CLASS, 0)
             store.damaged.add(kid)
             continue
-        u.add(slot)
+        if cls != BIG:
+            u.add(slot)
         if got[1]:
             store.visible.add(kid)
     for cls, a in enumerate(store.arenas):

@@ -32,6 +32,7 @@ HEAD12 = struct.Struct("<IHBBI")
 _HEAD_KID = struct.Struct("<IHBBII")  # the 12 bytes, then the key id: what the CRC covers first
 ESIZE = ENTRY.size  # 16
 NO_CLASS = 255
+BIG = 254          # the record is in store/big/ (agent/store/big.py), slot 0
 MAX_KEY = 1024
 BLOCK = 512
 PER_BLOCK = 63

@@ -30,7 +30,8 @@ from .. import fs
 from ..errors import StoreCorrupt, StoreLocked, RecordTooLarge
 from . import bitmaps
 from .arena import Arena, SIZE_CLASSES, MAX_BLOB, class_for, HEADER as _SLOT
-from .keyindex import KeyIndex, HashDamaged, NO_CLASS
+from .big import BigFiles, MAX_RECORD
+from .keyindex import KeyIndex, HashDamaged, NO_CLASS, BIG
 from .lock import Lock, Live, boot_id, writer_holds
 from .mapped import WRITE, READ, PRIVATE
 from .names import Table
@@ -110,6 +111,7 @@ class Store:
         self.keys = None
         self.live = None
         self.fields = self.actors = None
+        self.big = None
         try:
             self._open(memory)
         except BaseException:
@@ -180,6 +182,7 @@ class Store:
         d = self.dir
         mode = self.mode
         writable = mode == WRITE
+        self.big = BigFiles(d, writable and not d.endswith(".in-memory"))
         self.fields = Table(os.path.join(d, "fields"), "fields", writable and not self.live_writer,
                             dirty or self.live_writer)
         self.actors = Table(os.path.join(d, "actors"), "actors", writable and not self.live_writer,
@@ -329,7 +332,9 @@ class Store:
                 raise BlobCorrupt(key, kid)
             return None
         got = None
-        if cls < len(SIZE_CLASSES):
+        if cls == BIG:
+            got = self.big.read(kid)
+        elif cls < len(SIZE_CLASSES):
             a = self.arenas[cls]
             try:
                 if a is None:
@@ -423,18 +428,23 @@ class Store:
         room; nothing changes then."""
         new_keys = new_bytes = 0
         need = {}
+        big = 0
         for kid, kb, n in items:
-            if n > MAX_BLOB:
+            if n > MAX_RECORD:
                 raise RecordTooLarge("record %r would take %d bytes; the limit is %d. Split it "
                                      "into several records" % (kb.decode("utf-8", "replace"),
-                                                               n, MAX_BLOB))
+                                                               n, MAX_RECORD))
             if kid < 0:
                 new_keys += 1
                 new_bytes += len(kb)
-            if n:
+            if n > MAX_BLOB:
+                big += n
+            elif n:
                 cls = class_for(n)
                 if kid < 0 or self.keys.location(kid)[0] != cls:
                     need[cls] = need.get(cls, 0) + 1
+        if big and self.mode == WRITE:
+            self._room_for_big(big)
         self.begin()  # a rehash rewrites keys.hash in place: readers must retry
         try:
             if new_keys:
@@ -444,6 +454,18 @@ class Store:
         finally:
             self.end()
 
+    def _room_for_big(self, n) -> None:
+        """Big records are written whole after the log: check that they fit
+        (with a margin of 1 MiB), since no file can be grown for them ahead."""
+        try:
+            st = os.statvfs(self.dir)
+        except OSError:
+            return
+        free = st.f_bavail * st.f_frsize
+        if free < 2 * n + (1 << 20):
+            raise fs.error(OSError(28, "No space left on device"), "write a large record in",
+                           self.dir)
+
     def save(self, key: str, blob: bytes, visible: bool, kid: int = None, kb=None) -> None:
         """Store blob as key's record. A blob that keeps its size class is
         rewritten in place; one that moves gets a new slot, then the index
@@ -452,11 +474,11 @@ class Store:
         the op log. Call make_room() first (and begin()/end() around a group
         of saves). kid: the key's id, -1 if it is known to be absent, None
         to look it up."""
-        if len(blob) > MAX_BLOB:
+        if len(blob) > MAX_RECORD:
             raise RecordTooLarge("record %r would take %d bytes; the limit is %d. "
-                                 "Split it into several records" % (key, len(blob), MAX_BLOB))
+                                 "Split it into several records" % (key, len(blob), MAX_RECORD))
         keys = self.keys
-        cls = class_for(len(blob)) if blob else NO_CLASS
+        cls = (class_for(len(blob)) if len(blob) <= MAX_BLOB else BIG) if blob else NO_CLASS
         if kid is None:
             if kb is None:
                 kb = key.encode("utf-8")
@@ -465,25 +487,37 @@ class Store:
             if kb is None:
                 kb = key.encode("utf-8")
             slot = 0
-            if blob:
-                a = self.arenas[cls] or self.arena(cls)
-                slot = a.alloc()
-            kid = keys.add(kb, cls, slot)
-            if blob:
-                a.write(slot, kid, blob, visible)
-        else:
-            old_cls, old_slot = keys.location(kid)
-            if cls == old_cls and cls != NO_CLASS:
-                self.arenas[cls].write(old_slot, kid, blob, visible)
+            if cls == BIG:
+                kid = keys.add(kb, BIG, 0)
+                self.big.write(kid, blob, visible)
             else:
                 if blob:
+                    a = self.arenas[cls] or self.arena(cls)
+                    slot = a.alloc()
+                kid = keys.add(kb, cls, slot)
+                if blob:
+                    a.write(slot, kid, blob, visible)
+        else:
+            old_cls, old_slot = keys.location(kid)
+            if cls == old_cls and cls == BIG:
+                self.big.write(kid, blob, visible)
+            elif cls == old_cls and cls != NO_CLASS:
+                self.arenas[cls].write(old_slot, kid, blob, visible)
+            else:
+                if cls == BIG:
+                    self.big.write(kid, blob, visible)
+                    keys.set_location(kid, BIG, 0, kb)
+                elif blob:
                     a = self.arenas[cls] or self.arena(cls)
                     slot = a.alloc()
                     a.write(slot, kid, blob, visible)
                     keys.set_location(kid, cls, slot, kb)
                 else:
                     keys.set_location(kid, NO_CLASS, 0)
-                if old_cls != NO_CLASS and old_cls < _NCLASSES and self.arenas[old_cls] is not None:
+                if old_cls == BIG:
+                    self.big.release(kid)
+                elif old_cls != NO_CLASS and old_cls < _NCLASSES and \
+                        self.arenas[old_cls] is not None:
                     self.arenas[old_cls].release(old_slot)
         self.damaged.discard(kid)
         if visible:
@@ -505,12 +539,15 @@ class Store:
                     out.append((keys.key(kid).decode("utf-8"), kid))
                 continue
             cls, slot = keys.location(kid)  # beside a live writer: the slot's own flag
-            if cls == NO_CLASS or cls >= len(SIZE_CLASSES):
+            if cls == BIG:
+                got = self.big.read(kid)
+            elif cls == NO_CLASS or cls >= len(SIZE_CLASSES):
                 continue
-            try:
-                got = self.arena(cls).read(slot, kid)
-            except BlobCorrupt:
-                got = None
+            else:
+                try:
+                    got = self.arena(cls).read(slot, kid)
+                except BlobCorrupt:
+                    got = None
             if got is not None and got[1]:
                 out.append((keys.key(kid).decode("utf-8"), kid))
         out.sort()
@@ -538,7 +575,7 @@ class Store:
         for a in self.arenas:
             if a is not None:
                 total += (a.capacity - len(a.free)) * a.size
-        return total + len(self.actor_table)
+        return total + len(self.actor_table) + self.big.bytes()
 
     def trim(self) -> None:
         """Unmap every resident page of the store's files from this process:
@@ -556,7 +593,7 @@ class Store:
                 total += os.path.getsize(os.path.join(self.dir, n))
             except OSError:
                 pass
-        return total
+        return total + self.big.bytes()
 
     # -- lifecycle
 
@@ -573,6 +610,7 @@ class Store:
             self.keys.flush()
             self.fields.sync()
             self.actors.sync()
+            self.big.sync()
         except OSError as e:
             raise fs.error(e, "flush", self.dir) from None
         bitmaps.write(self)

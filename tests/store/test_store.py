@@ -1,9 +1,10 @@
+import os
 
 import pytest
 
 from agent.errors import StoreLocked, RecordTooLarge, StoreCorrupt
 from agent.store import Store, BlobCorrupt
-from agent.store.arena import SIZE_CLASSES, class_for, HSIZE
+from agent.store.arena import class_for, HSIZE
 
 
 def test_put_get_round_trip_and_overwrite_moves_between_size_classes(tmp_path):
@@ -75,11 +76,56 @@ def test_second_process_is_refused_with_store_locked(tmp_path):
             Store(str(tmp_path))
 
 
-def test_record_larger_than_the_largest_class_is_refused(tmp_path):
+def test_records_past_the_largest_slot_live_in_big_files_up_to_16_mib(tmp_path):
+    """Past the largest arena slot a record moves to store/big/KID, back to an
+    arena when it shrinks; it survives a clean reopen and a crash; past 16 MiB
+    it is refused and nothing changes."""
+    from agent.store.big import MAX_RECORD
+    from agent.store.keyindex import BIG
+    big, huge = b"b" * 100_000, b"h" * (MAX_RECORD - 64)
     with Store(str(tmp_path)) as s:
+        s.save("small", b"x", True)
+        s.save("grows", b"g" * 100, True)
+        s.save("grows", big, True)                      # arena -> big file
+        s.save("huge", huge, False)
+        assert s.keys.location(s.keys.find(b"grows")) == (BIG, 0)
+        assert s.load("grows") == big and s.load("huge") == huge
+        assert [k for k, _ in s.scan("")] == ["grows", "small"]   # huge is not visible
         with pytest.raises(RecordTooLarge):
-            s.save("big", b"x" * SIZE_CLASSES[-1], True)
-        assert s.load("big") is None
+            s.save("small", b"x" * (MAX_RECORD + 1), True)
+        assert s.load("small") == b"x"
+    s = Store(str(tmp_path))                             # a clean reopen
+    assert s.was_clean
+    assert s.load("grows") == big and s.load("huge") == huge and s.count() == 2
+    s.save("grows", b"shrunk", True)                     # big file -> arena, file removed
+    assert s.load("grows") == b"shrunk"
+    s.save("small", big + b"!", True)
+    s.keys.flush()
+    for a in s.arenas:
+        if a:
+            a.flush()
+    s.lock.release()                                     # a crash: no close
+    s = Store(str(tmp_path))
+    assert not s.was_clean and not s.damaged
+    assert s.load("small") == big + b"!" and s.load("huge") == huge
+    assert s.load("grows") == b"shrunk" and s.count() == 2
+    assert sorted(os.listdir(os.path.join(str(tmp_path), "big"))) == sorted(
+        str(s.keys.find(k)) for k in (b"small", b"huge"))
+    s.close()
+
+
+def test_a_damaged_big_file_is_reported_not_returned(tmp_path):
+    with Store(str(tmp_path)) as s:
+        s.save("a", b"z" * 50_000, True)
+        path = os.path.join(str(tmp_path), "big", str(s.keys.find(b"a")))
+        with open(path, "r+b") as f:
+            f.seek(30_000)
+            f.write(b"Z")
+        with pytest.raises(BlobCorrupt):
+            s.load("a")
+        os.unlink(path)
+        with pytest.raises(BlobCorrupt):
+            s.load("a")
 
 
 def test_watch_sees_saves_under_its_prefix_only(tmp_path):

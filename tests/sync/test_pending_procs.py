@@ -6,7 +6,7 @@ import os
 import re
 
 from agent.node import Node
-from agent.store.store import MAX_BLOB
+from agent.store.big import MAX_RECORD
 
 from .helpers import pair, run
 from .procs import Serve, cmd, init, wait_for
@@ -90,11 +90,16 @@ def test_a_refused_local_write_leaves_no_trace_and_sync_goes_on(tmp_path):
     entries = _log_entries(a)
     p = cmd(a, "put", "k" * 1025, "v=1", check=2)
     assert "1024" in p.stderr
-    p = cmd(a, "put", "r", "v=" + "x" * (MAX_BLOB + 10), check=3)
-    assert "limit" in p.stderr
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(3 << 19))                 # 1.5 MiB: over the per-write limit
+    p = cmd(a, "put", "r", "v=@%s" % big, check=2)
+    assert "one write may be at most" in p.stderr
     assert json.loads(cmd(a, "--json", "stats").stdout)["seq"] == seq
     assert _log_entries(a) == entries
     cmd(a, "put", "after", "v:=2")
+    photo = tmp_path / "photo.bin"
+    photo.write_bytes(os.urandom(300_000))               # past the largest slot, under 1 MiB
+    cmd(a, "put", "photo", "jpg=@%s" % photo)
     srv = Serve(a)
     try:
         cmd(a, "peer", "add", idb, "127.0.0.1:9")
@@ -103,18 +108,20 @@ def test_a_refused_local_write_leaves_no_trace_and_sync_goes_on(tmp_path):
     finally:
         srv.stop()
     assert _get(b, "after") == {"v": 2}
-    assert _log_entries(b) == entries + 1
+    import base64
+    assert base64.b64decode(_get(b, "photo")["jpg"]["$bytes"]) == photo.read_bytes()
+    assert _log_entries(b) == entries + 2
 
 
 def test_two_legal_writes_that_merge_past_the_limit_do_not_stop_sync(tmp_path):
-    """Each device writes just over half the largest record into its own
-    field of one key, then more records. Both serve and dial each other:
+    """Each device writes just over half the largest record (16 MiB) into
+    its own field of one key, then more records. Both serve and dial each other:
     the merge that would not fit is quarantined on each side, everything
     else converges, and the sessions do not reconnect in a loop."""
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     ida, idb = init(a), init(b)
-    half = "x" * (MAX_BLOB // 2 + 100)
-    with Node(a) as na, Node(b) as nb:
+    half = "x" * (MAX_RECORD // 2 + 100)
+    with Node(a, max_write=MAX_RECORD) as na, Node(b, max_write=MAX_RECORD) as nb:
         na.put("r", {"fa": half})
         nb.put("r", {"fb": half})
         for i in range(50):

@@ -161,12 +161,12 @@ def test_held_change_is_released_by_the_operator(tmp_path):
 
 
 def test_a_change_that_cannot_be_applied_is_quarantined_and_the_rest_flow(tmp_path):
-    """Two legal writes that merge past the largest record: the second to
-    arrive is quarantined (kept, counted), and later changes of every actor,
-    its own included, still arrive; the session is not closed."""
-    from agent.store.store import MAX_BLOB
-    a, b = make_node(tmp_path / "a"), make_node(tmp_path / "b")
-    half = "x" * (MAX_BLOB // 2 + 100)
+    """Two legal writes that merge past the largest record (16 MiB): the
+    second to arrive is quarantined (kept, counted), and later changes of
+    every actor, its own included, still arrive; the session is not closed."""
+    from agent.store.big import MAX_RECORD
+    a, b = (make_node(tmp_path / n, max_write=MAX_RECORD) for n in "ab")
+    half = "x" * (MAX_RECORD // 2 + 100)
     a.put("r", {"fa": half})
     b.put("r", {"fb": half})
     for i in range(5):
