@@ -99,6 +99,9 @@ def _workload(n):
                                          "tags": Add("a", "b", "c")})
     n.put("only:removes", {"tags": Add("x")})
     n.put("only:removes", {"tags": Remove("x")})
+    n.put("big:1", {"blob": _text(50_000, 1)})          # past the largest slot: store/big/
+    n.put("big:2", {"blob": _text(40_000, 2), "n": Inc(3)})
+    n.put("big:2", {"more": _text(30_000, 3)})
 
 
 def _records(n):
