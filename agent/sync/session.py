@@ -1,13 +1,22 @@
-"""The sync session, sans I/O: bytes in, bytes and events out.
+"""The sync session, sans I/O in h11's sense: bytes in; bytes, events and
+the disk work to perform out.
 
     s = Session(node, my_device_id, peer_id=their_device_id)
     s.start()                       # queues HELLO
     loop:
-        s.receive(bytes_from_peer)  # merges, acks; never raises for bad peer input
+        for m in s.receive(bytes_from_peer):   # never raises for bad peer input
+            taken = node.receive(m.changes)    # the disk work: the caller's
+            s.merged(m, taken, node.advertised())   # queues the ACK
+        (until receive(b"") returns nothing: it parses one batch at a time)
         s.pump()                    # queues change batches the peer lacks
         send(s.data_to_send())
         for ev in s.events(): ...
         if s.closed: close the connection
+
+transport.settle() is that loop. The protocol's states and the messages each
+accepts are one table, TRANSITIONS; a message a state does not accept is a
+ProtocolError. (pump() reads the node's op log: the sending side is a
+reader of local data, not of the peer's.)
 
 What each side holds is the truth (agent/vector.py: a version vector with
 gaps): each side sends, in log order, the changes the peer does not hold, in
@@ -57,6 +66,31 @@ MAX_NOT_TAKEN = 1 << 16
 MAX_LOST_SPAN = 4096            # seqs of one gap a HAVE may ask for again
 FLAG_LIVE = 1
 _u64 = struct.Struct("<Q")
+
+
+# -- states, and the messages each accepts (anything else: ProtocolError)
+
+AWAIT_HELLO, OPEN, CLOSED = "awaiting HELLO", "open", "closed"
+TRANSITIONS = {
+    (AWAIT_HELLO, HELLO): ("_on_hello", OPEN),
+    (AWAIT_HELLO, BYE): ("_on_bye", CLOSED),
+    (OPEN, CHANGES): ("_on_changes", OPEN),
+    (OPEN, ACK): ("_on_ack", OPEN),
+    (OPEN, IDLE): ("_on_idle", OPEN),
+    (OPEN, HAVE): ("_on_have", OPEN),
+    (OPEN, BYE): ("_on_bye", CLOSED),
+}
+
+
+class Merge:
+    """The disk work a CHANGES batch asks for: Node.receive(changes), then
+    Node.quarantine_raw for each of `odd` (changes whose body does not
+    parse), then Session.merged()."""
+    __slots__ = ("batch", "changes", "odd", "count", "size")
+
+    def __init__(self, batch, changes, odd, count, size):
+        self.batch, self.changes, self.odd, self.count, self.size = \
+            batch, changes, odd, count, size
 
 
 # -- events
@@ -220,6 +254,8 @@ class Session:
         self.window = window
         self.use_bloom = use_bloom
         self._reader = FrameReader()
+        self.state = AWAIT_HELLO
+        self._awaiting = None        # a Merge handed out and not yet merged()
         self._out = bytearray()
         self._events = []
         self.closed = False
@@ -278,22 +314,31 @@ class Session:
         ev, self._events = self._events, []
         return ev
 
-    def receive(self, data) -> None:
-        """Feed bytes from the peer. Bad peer input closes the session (see
-        .closed, .error and a Closed event); it is never raised."""
+    def receive(self, data) -> list:
+        """Feed bytes from the peer; returns the Merges to perform (at most
+        one: parsing stops after a CHANGES batch until merged() is called;
+        call receive(b"") then to go on). Bad peer input closes the session
+        (see .closed, .error and a Closed event); it is never raised."""
         if self.closed:
-            return
-        self.stats["wire_in"] += len(data)
-        self.last_heard = time.monotonic()
-        self._reader.feed(data)
+            return []
+        if data:
+            self.stats["wire_in"] += len(data)
+            self.last_heard = time.monotonic()
+            self._reader.feed(data)
+        if self._awaiting is not None:
+            return []
         try:
             while not self.closed:
                 payload = self._reader.next()
                 if payload is None:
                     break
-                self._dispatch(payload)
+                action = self._dispatch(payload)
+                if action is not None:
+                    self._awaiting = action
+                    return [action]
         except (RemoteError, MalformedChange) as e:
             self.fail(e)
+        return []
 
     def eof(self) -> None:
         """The peer closed the connection."""
@@ -419,38 +464,33 @@ class Session:
 
     def _close(self, reason, err, by_peer=False):
         self.closed = True
+        self.state = CLOSED
         self.error = err
         self._events.append(Closed(reason, err, by_peer))
 
-    def _dispatch(self, payload) -> None:
+    def _dispatch(self, payload):
+        """One message, through TRANSITIONS; returns a Merge or None."""
         if not payload:
             raise ProtocolError("empty message")
         t = payload[0]
-        if self.peer_vv is None and t != HELLO:
-            raise ProtocolError("%s before HELLO" % NAMES.get(t, "message type %d" % t))
+        if t not in NAMES:
+            raise ProtocolError("unknown message type %d" % t)
+        step = TRANSITIONS.get((self.state, t))
+        if step is None:
+            raise ProtocolError("%s while %s%s" % (
+                NAMES[t], self.state, " (a replayed frame?)" if t == HELLO else ""))
+        handler, after = step
         try:
-            if t == HELLO:
-                self._on_hello(payload)
-            elif t == CHANGES:
-                self._on_changes(payload)
-            elif t == ACK:
-                self._on_ack(payload)
-            elif t == IDLE:
-                self._on_idle(payload)
-            elif t == HAVE:
-                self._on_have(payload)
-            elif t == BYE:
-                self._on_bye(payload)
-            else:
-                raise ProtocolError("unknown message type %d" % t)
+            action = getattr(self, handler)(payload)
         except MalformedChange as e:
             if "varint" in str(e):
                 raise ProtocolError("%s message is truncated (%s)" % (NAMES[t], e)) from None
             raise
+        if not self.closed:
+            self.state = after
+        return action
 
     def _on_hello(self, m):
-        if self.peer_known is not None:
-            raise ProtocolError("second HELLO (a replayed frame?)")
         proto, p = get_varint(m, 1)
         if proto != PROTOCOL:
             raise ProtocolError("peer speaks sync protocol %d; this build speaks %d: "
@@ -495,7 +535,6 @@ class Session:
         n, p = get_varint(m, p)
         if n > len(m):
             raise ProtocolError("CHANGES count %d runs past the message" % n)
-        node = self.node
         parsed, odd = [], []
         size = 0
         for _ in range(n):
@@ -520,27 +559,34 @@ class Session:
             raise ProtocolError("CHANGES has %d trailing bytes" % (len(m) - p))
         self.recv_batch = batch
         self.peer_idle = False
-        t = node.receive(parsed)
-        for head, raw, why in odd:
-            node.quarantine_raw(t, head, raw, why)
-        for c in parsed:
+        return Merge(batch, parsed, odd, n, size)
+
+    def merged(self, m: Merge, t, known) -> None:
+        """The caller performed Merge m (Node.receive gave Taken t); known is
+        what the node holds now (Node.advertised()). Queues the ACK."""
+        if m is not self._awaiting:
+            raise ValueError("merged() for a batch this session did not hand out")
+        self._awaiting = None
+        if self.closed:
+            return
+        for c in m.changes:
             self.recent.add(c.hash)
         st = self.stats
-        st["recv_changes"] += n
+        st["recv_changes"] += m.count
         st["new"] += t.new
         st["dup"] += t.dup
         st["held"] += t.held
         st["quarantined"] += t.quarantined
         st["refused"] += t.refused
-        st["raw_in"] += size
+        st["raw_in"] += m.size
         out = bytearray((ACK,))
-        put_varint(out, batch)
-        node.advertised().encode(out)
+        put_varint(out, m.batch)
+        known.encode(out)
         self._send(out)
         self.caught_up = False
-        self._events.append(Received(batch, n, t.new, t.dup, 0, size))
+        self._events.append(Received(m.batch, m.count, t.new, t.dup, 0, m.size))
         if t.held or t.quarantined or t.refused:
-            self._events.append(Pended(batch, t.held, t.quarantined, t.refused, t.reasons))
+            self._events.append(Pended(m.batch, t.held, t.quarantined, t.refused, t.reasons))
 
     def _on_ack(self, m):
         batch, p = get_varint(m, 1)

@@ -14,7 +14,7 @@ from .errors import PeerUnreachable, SyncTimeout, UnknownPeer
 from .identity import carrier_pem, cert_id, identity_paths
 from .session import Session
 
-__all__ = ["server_context", "client_context", "peer_device_id", "connect", "drive",
+__all__ = ["server_context", "client_context", "peer_device_id", "connect", "drive", "settle",
            "HANDSHAKE_TIMEOUT", "IDLE_TIMEOUT", "KEEPALIVE"]
 
 HANDSHAKE_TIMEOUT = 10.0
@@ -46,6 +46,21 @@ def server_context(data_dir):
 
 def client_context(data_dir):
     return _context(data_dir, False)
+
+
+def settle(session: Session, data) -> None:
+    """Feed bytes to the session and perform the disk work it asks for (each
+    batch merged by its node, then the session queues the ACK), until it asks
+    for none."""
+    node = session.node
+    acts = session.receive(data)
+    while acts:
+        for m in acts:
+            t = node.receive(m.changes)
+            for head, raw, why in m.odd:
+                node.quarantine_raw(t, head, raw, why)
+            session.merged(m, t, node.advertised())
+        acts = session.receive(b"")
 
 
 def peer_device_id(writer) -> str:
@@ -122,7 +137,7 @@ async def drive(session: Session, reader, writer, *, until_caught_up=False, wake
                         session.fail(PeerUnreachable("connection lost: %s" % e), send_bye=False)
                 read_task = None
                 if data:
-                    session.receive(data)
+                    settle(session, data)
                 else:
                     session.eof()
             now = time.monotonic()

@@ -1,6 +1,7 @@
 """Two sessions wired by in-memory byte queues."""
 from agent.node import Node, init_identity
 from agent.sync.session import Session
+from agent.sync.transport import settle
 
 
 def make_node(path, **kw):
@@ -25,7 +26,7 @@ def run(sa, sb, rounds=10_000):
             s.pump()
             data = s.data_to_send()
             if data:
-                o.receive(data)
+                settle(o, data)
                 moved = True
         evs += sa.events() + sb.events()
         if (sa.caught_up and sb.caught_up) or sa.closed or sb.closed:
@@ -33,7 +34,7 @@ def run(sa, sb, rounds=10_000):
             for s, o in ((sa, sb), (sb, sa)):
                 data = s.data_to_send()
                 if data:
-                    o.receive(data)
+                    settle(o, data)
             evs += sa.events() + sb.events()
             return evs
         if not moved:

@@ -10,6 +10,7 @@ from agent.sync import frame as F
 from agent.values import Inc
 
 from .helpers import make_node, pair, run, state
+from agent.sync.transport import settle
 
 _u32 = struct.Struct("<I")
 
@@ -74,9 +75,9 @@ def test_malformed_frame_closes_only_that_session(tmp_path, name, data, err, clo
     evil.put("evil", {"x": 1})
     # the evil peer says a genuine HELLO, then the bad frame
     se, sb = pair(evil, b)
-    sb.receive(se.data_to_send())
+    settle(sb, se.data_to_send())
     before = (state(b), dict(b.vv), b.log.size())
-    sb.receive(data)
+    settle(sb, data)
     if close_after:
         sb.eof()
     assert sb.closed and isinstance(sb.error, err), (name, sb.error)
@@ -102,8 +103,8 @@ def test_frames_from_a_pair_are_within_caps(tmp_path):
     for i in range(200):
         a.put("k%d" % i, {"text": "x" * 500})
     sa, sb = pair(a, b)
-    sa.receive(sb.data_to_send())
-    sb.receive(sa.data_to_send())
+    settle(sa, sb.data_to_send())
+    settle(sb, sa.data_to_send())
     sa.pump()
     data = sa.data_to_send()
     z = data[5:]

@@ -6,6 +6,7 @@ from agent.sync.frame import FrameReader, ProtocolError
 from agent.values import Inc, Add
 
 from .helpers import make_node, pair, run, state
+from agent.sync.transport import settle
 
 
 def test_two_nodes_converge_both_ways(tmp_path):
@@ -71,7 +72,7 @@ def _capture_changes(sa, sb):
                         frames.append(data[pos:pos + 4 + n])
                     pos += 4 + n
             if data:
-                o.receive(data)
+                settle(o, data)
         if sa.caught_up and sb.caught_up:
             return frames
     raise AssertionError("did not finish")
@@ -86,16 +87,16 @@ def test_replayed_frames_change_nothing(tmp_path):
     assert len(frames) > 1
     before, vv, log = state(b), dict(b.vv), b.log.size()
     # replayed inside the same session: refused as out of order
-    sb.receive(frames[0])
+    settle(sb, frames[0])
     assert sb.closed and isinstance(sb.error, ProtocolError)
     # replayed into a fresh session: every change is a duplicate
     s2 = Session(b, "dev-b", "dev-a")
     s2.start()
     sa2 = Session(a, "dev-a", "dev-b")
     sa2.start()
-    s2.receive(sa2.data_to_send())          # a genuine HELLO, then the old frames
+    settle(s2, sa2.data_to_send())          # a genuine HELLO, then the old frames
     for f in frames:
-        s2.receive(f)
+        settle(s2, f)
     assert not s2.closed
     assert s2.stats["new"] == 0 and s2.stats["dup"] == 200
     assert state(b) == before and b.vv == vv and b.log.size() == log
@@ -219,8 +220,8 @@ def test_a_change_after_a_gap_is_merged_and_the_gap_is_fetched(tmp_path):
         a.put("k%d" % i, {"v": i})
     raws = list(a.changes_since({}))
     sa, sb = pair(a, b)
-    sa.receive(sb.data_to_send())
-    sb.receive(sa.data_to_send())
+    settle(sa, sb.data_to_send())
+    settle(sb, sa.data_to_send())
     from agent.sync.frame import encode_frame
     from agent.codec import put_varint
     out = bytearray((CHANGES,))
@@ -229,7 +230,7 @@ def test_a_change_after_a_gap_is_merged_and_the_gap_is_fetched(tmp_path):
     body = raws[2][:-16]
     put_varint(out, len(body))
     out += body
-    sb.receive(encode_frame(out))
+    settle(sb, encode_frame(out))
     # merged out of order: the ops are states, so order does not matter; the
     # two changes before it become a gap that b asks for
     assert not sb.closed and b.get("k2") == {"v": 2} and b.get("k0") is None
@@ -293,14 +294,41 @@ def test_have_resends_only_what_the_peer_newly_reports_missing(tmp_path):
     sent = sa.stats["sent_changes"]
     assert sent == 300
     for _ in range(5):
-        sa.receive(_have(Known()))
+        settle(sa, _have(Known()))
         sa.pump()
     assert not sa.closed and sa.stats["sent_changes"] == sent
     assert len(sa.data_to_send()) < 200
     lost = b.known.copy()
     lost.lose(a.actor, 150)
-    sa.receive(_have(lost))
+    settle(sa, _have(lost))
     for _ in range(3):
         sa.pump()
     assert sa.stats["sent_changes"] == sent + 1
+    a.close(), b.close()
+
+
+def test_receive_does_no_disk_work_it_hands_out_one_merge_at_a_time(tmp_path):
+    """Sans I/O: receive() parses and returns the Merge to perform; the
+    receiver's log and store are untouched until the caller performs it, and
+    the next batch is not parsed before merged() (so ACKs keep their order)."""
+    from agent.sync.session import Merge, TRANSITIONS, OPEN, CHANGES
+    a, b = make_node(tmp_path / "a"), make_node(tmp_path / "b")
+    for i in range(200):
+        a.put("k%d" % i, {"v": i})
+    sa, sb = pair(a, b, batch_bytes=2000)
+    settle(sb, sa.data_to_send())                 # the HELLOs
+    settle(sa, sb.data_to_send())
+    sa.pump()
+    data = sa.data_to_send()                      # several CHANGES batches
+    log, vv = b.log.size(), dict(b.vv)
+    acts = sb.receive(data)
+    assert len(acts) == 1 and isinstance(acts[0], Merge) and acts[0].batch == 1
+    assert b.log.size() == log and b.vv == vv and b.get("k0") is None
+    assert sb.receive(b"") == []                  # waits for merged()
+    t = b.receive(acts[0].changes)
+    sb.merged(acts[0], t, b.advertised())
+    assert b.get("k0") == {"v": 0} and t.new == acts[0].count
+    nxt = sb.receive(b"")
+    assert len(nxt) == 1 and nxt[0].batch == 2
+    assert TRANSITIONS[(OPEN, CHANGES)] == ("_on_changes", OPEN)
     a.close(), b.close()
