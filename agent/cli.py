@@ -44,7 +44,9 @@ Reads (get, scan, stats, watch, peer list) open the data directory read-only
 and write nothing; they work beside a running writer.
 
 The data directory defaults to $XDG_DATA_HOME/mycelium, else
-~/.local/share/mycelium; set it with --data-dir or MYCELIUM_DATA_DIR.
+~/.local/share/mycelium; set it with --data-dir or MYCELIUM_DATA_DIR. Its
+files are the owner's alone (0600, 0700); MYCELIUM_GROUP=NAME makes what is
+created readable by group NAME (0640, 02750).
 """
 
 
@@ -438,9 +440,25 @@ def build_parser():
     return p
 
 
+def _group_access():
+    """MYCELIUM_GROUP=NAME: what this run creates is readable by group NAME."""
+    name = os.environ.get("MYCELIUM_GROUP")
+    if not name:
+        return
+    import grp
+    from .fs import set_group_access
+    try:
+        gid = grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise UsageError("MYCELIUM_GROUP=%s: no such group (create it, or unset the variable)"
+                         % name) from None
+    set_group_access(gid)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _group_access()
         if args.cmd not in ("init", "demo") and not os.path.exists(
                 os.path.join(args.data_dir, "identity.json")):
             raise UsageError("%s is not a Mycelium data directory; run `mycelium init` "

@@ -4,7 +4,10 @@ the other mycelium commands on this machine read and write through it.
 One JSON object per line each way, over a Unix socket `control.sock` in the
 data directory (mode 0600: only its owner may use it). A request is
 {"op": "put" | "get" | "del" | "scan" | "stats", ...}; a reply is
-{"ok": result} or {"error": class name, "message": text}.
+{"ok": result} or {"error": class name, "message": text}. A scan with
+"stream": true is answered by lines of {"rows": [...]} (256 records or 1 MiB
+at most each, the socket drained between them) and then {"ok": count}, so the
+daemon never builds a whole result; "limit" is applied by the daemon.
 """
 import base64
 import json
@@ -73,6 +76,22 @@ def decode_fields(items) -> dict:
     return fields
 
 
+SCAN_CHUNK = 256               # records per streamed line
+SCAN_CHUNK_BYTES = 1 << 20     # or fewer, past this many bytes
+
+
+def _stream_request(line):
+    """The request if it is a streamed scan, else None."""
+    if b'"stream"' not in line:
+        return None
+    try:
+        req = json.loads(line)
+    except ValueError:
+        return None
+    return req if isinstance(req, dict) and req.get("op") == "scan" and req.get("stream") \
+        else None
+
+
 class ControlServer:
     """Serves one node's API on the control socket, in the daemon's loop."""
 
@@ -110,12 +129,44 @@ class ControlServer:
                 line = await reader.readline()
                 if not line:
                     break
+                req = _stream_request(line)
+                if req is not None:
+                    await self._stream_scan(req, writer)
+                    continue
                 writer.write(json.dumps(self.handle(line)).encode() + b"\n")
                 await writer.drain()
         except (ConnectionError, ValueError, asyncio.LimitOverrunError):
             pass
         finally:
             writer.close()
+
+    async def _stream_scan(self, req, writer):
+        """A scan sent as it is read: lines of {"rows": [...]} (at most
+        SCAN_CHUNK each, the socket drained between them), then {"ok": n}.
+        The daemon never holds more than a chunk of records for it."""
+        rows, size, n = [], 0, 0
+        try:
+            limit = int(req.get("limit") or 0)
+            for key, rec, kinds in self.node.scan(str(req.get("prefix", "")), with_kinds=True,
+                                                  limit=limit):
+                row = json.dumps([key, to_json(rec), kinds])
+                rows.append(row)
+                size += len(row)
+                n += 1
+                if len(rows) >= SCAN_CHUNK or size >= SCAN_CHUNK_BYTES:
+                    writer.write(b'{"rows": [' + ",".join(rows).encode() + b"]}\n")
+                    rows, size = [], 0
+                    await writer.drain()
+            if rows:
+                writer.write(b'{"rows": [' + ",".join(rows).encode() + b"]}\n")
+            writer.write(json.dumps({"ok": n}).encode() + b"\n")
+        except errors.AgentError as e:
+            writer.write(json.dumps({"error": type(e).__name__, "message": str(e)}).encode()
+                         + b"\n")
+        except (TypeError, ValueError) as e:
+            writer.write(json.dumps({"error": "UsageError",
+                                     "message": "bad control request: %s" % e}).encode() + b"\n")
+        await writer.drain()
 
     def handle(self, line: bytes) -> dict:
         try:
@@ -186,6 +237,12 @@ class RemoteNode:
         try:
             self.file.write(json.dumps(req).encode() + b"\n")
             self.file.flush()
+        except OSError as e:
+            raise errors.SyncError("lost the running `mycelium serve` (%s); try again" % e) from None
+        return self._reply()["ok"]
+
+    def _reply(self) -> dict:
+        try:
             line = self.file.readline()
         except OSError as e:
             raise errors.SyncError("lost the running `mycelium serve` (%s); try again" % e) from None
@@ -197,7 +254,7 @@ class RemoteNode:
             if not (isinstance(cls, type) and issubclass(cls, errors.AgentError)):
                 cls = errors.AgentError
             raise cls(rep["message"])
-        return rep["ok"]
+        return rep
 
     def put(self, key, fields):
         self._call(op="put", key=key, fields=encode_fields(fields))
@@ -213,9 +270,30 @@ class RemoteNode:
         return (rec, got[1]) if with_kinds else rec
 
     def scan(self, prefix="", with_kinds=False, limit=0):
-        for key, rec, kinds in self._call(op="scan", prefix=prefix, limit=limit):
-            rec = {k: _values(v) for k, v in rec.items()}
-            yield (key, rec, kinds) if with_kinds else (key, rec)
+        """Rows as the daemon streams them (a chunk at a time)."""
+        try:
+            self.file.write(json.dumps({"op": "scan", "prefix": prefix, "limit": limit,
+                                        "stream": True}).encode() + b"\n")
+            self.file.flush()
+        except OSError as e:
+            raise errors.SyncError("lost the running `mycelium serve` (%s); try again" % e) \
+                from None
+        done = False
+        try:
+            while True:
+                rep = self._reply()
+                if "rows" not in rep:
+                    done = True
+                    return
+                for key, rec, kinds in rep["rows"]:
+                    rec = {k: _values(v) for k, v in rec.items()}
+                    yield (key, rec, kinds) if with_kinds else (key, rec)
+        finally:
+            while not done and self.sock is not None:  # left early: read the rest away
+                try:
+                    done = "rows" not in self._reply()
+                except errors.AgentError:
+                    done = True
 
     def stats(self):
         return self._call(op="stats")

@@ -9,8 +9,9 @@ Also here, once each:
   atomic_write()   temp file, fsync, rename, fsync of the directory
   write_json() / read_json()   small JSON files carrying their own CRC
   error()          an OSError turned into a typed StoreError that says what to do
-Files are created 0600 and directories 0700 (`set_group_access` widens both
-for a configured group).
+Files are created 0600 and directories 0700; set_group_access() (the CLI
+calls it when MYCELIUM_GROUP names a group) makes them 0640 and 02750 with
+that group, so its members may read the data.
 """
 import errno
 import json
@@ -21,10 +22,19 @@ import zlib
 from .errors import DiskFault, DiskFull, StoreCorrupt, StoreError
 
 __all__ = ["RealFS", "install", "current", "error", "atomic_write", "write_json", "read_json",
-           "FILE_MODE", "DIR_MODE"]
+           "FILE_MODE", "DIR_MODE", "set_group_access"]
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
+_GROUP = None      # gid given to new directories (set_group_access)
+
+
+def set_group_access(gid: int) -> None:
+    """Let group gid read what is created from now on: files 0640,
+    directories 02750 owned by that group (setgid, so the files made in them
+    take the group too)."""
+    global FILE_MODE, DIR_MODE, _GROUP
+    FILE_MODE, DIR_MODE, _GROUP = 0o640, 0o2750, gid
 _ZEROS = bytes(1 << 16)
 
 
@@ -97,6 +107,9 @@ class RealFS:
             p = os.path.dirname(p)
         os.makedirs(path, mode=DIR_MODE if mode is None else mode, exist_ok=True)
         for d in reversed(made):
+            if _GROUP is not None:
+                os.chown(d, -1, _GROUP)
+                os.chmod(d, DIR_MODE if mode is None else mode)  # mkdir drops the setgid bit
             self.fsync_dir(os.path.dirname(d))
 
     def fsync_dir(self, path):
@@ -215,12 +228,13 @@ def error(e: OSError, action: str, path: str) -> StoreError:
 # -- one atomic-write helper
 
 
-def atomic_write(path: str, data: bytes) -> None:
+def atomic_write(path: str, data: bytes, mode: int = None) -> None:
     """Replace path with data so that a crash leaves the old or the new
-    content, never a mix: temp file, fsync, rename, fsync of the directory."""
+    content, never a mix: temp file, fsync, rename, fsync of the directory.
+    mode: the file's mode if not FILE_MODE (a private key stays 0600)."""
     tmp = "%s.%d.tmp" % (path, os.getpid())
     try:
-        fd = _impl.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        fd = _impl.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
         try:
             _impl.write(fd, data)
             _impl.fsync(fd)

@@ -57,6 +57,18 @@ DEFAULT_RSS_BUDGET_MB = 0
 _u64 = struct.Struct("<Q")
 
 
+class _Then:
+    """Iterate a list, then (only if reached) what more() returns."""
+    __slots__ = ("first", "more")
+
+    def __init__(self, first, more):
+        self.first, self.more = first, more
+
+    def __iter__(self):
+        yield from self.first
+        yield from self.more()
+
+
 class Taken:
     """What Node.receive did with a batch: new, duplicates, held,
     quarantined, refused (the pending area was full), and a few reasons."""
@@ -198,7 +210,13 @@ class Node(Recovery):
         """Yield (key, fields) of visible records under prefix, in key order;
         (key, fields, kinds) with with_kinds; at most limit (0: all)."""
         shown = 0
-        for key, kid in self._retry("scan", prefix):
+        # With a limit only the first keys are read (a few spare: a record
+        # the store calls visible may decode to nothing); all, if that falls short.
+        want = limit + 16 if limit else 0
+        found = self._retry("scan", prefix, want)
+        if want and len(found) == want:
+            found = _Then(found, lambda: self._retry("scan", prefix)[want:])
+        for key, kid in found:
             blob = self._blob(key, kid)
             got = self._decode(blob, with_kinds) if blob else None
             if got is not None:

@@ -446,3 +446,35 @@ def test_files_are_private(tmp_path):
     print("\ncontrol.sock %s; " % (oct(sock_mode) if sock_mode is not None else "?") +
           ", ".join(sorted(listing)))
     assert not bad, "not private (umask 000): %s" % bad
+
+
+def test_a_configured_group_may_read_the_data_but_not_the_key(tmp_path):
+    """MYCELIUM_GROUP=NAME: files 0640 and directories 02750 of that group
+    (so its members can read, e.g. a backup user); the TLS key stays 0600."""
+    import grp
+    gid = os.getgid()
+    name = grp.getgrgid(gid).gr_name
+    d = str(tmp_path / "node")
+    env = dict(ENV, MYCELIUM_GROUP=name)
+    run = lambda *a: subprocess.run(MYCELIUM + ["--data-dir", d, *a],  # noqa: E731
+                                    capture_output=True, text=True, env=env,
+                                    preexec_fn=_umask0, timeout=60)
+    assert run("init").returncode == 0
+    assert run("put", "a", "v=1").returncode == 0
+    assert run("id").returncode == 0
+    modes = {}
+    for root, dirs, files in os.walk(d):
+        for n in dirs + files:
+            st = os.lstat(os.path.join(root, n))
+            modes[os.path.relpath(os.path.join(root, n), d)] = (
+                stat.S_IMODE(st.st_mode), st.st_gid, stat.S_ISDIR(st.st_mode))
+    assert modes["sync/key.pem"][0] == 0o600
+    for rel, (mode, g, isdir) in modes.items():
+        if rel == "sync/key.pem":
+            continue
+        assert mode == (0o2750 if isdir else 0o640), (rel, oct(mode))
+        assert g == gid, rel
+    p = subprocess.run(MYCELIUM + ["--data-dir", str(tmp_path / "x"), "init"],
+                       capture_output=True, text=True, timeout=60,
+                       env=dict(ENV, MYCELIUM_GROUP="no-such-group-here"))
+    assert p.returncode == 2 and "no such group" in p.stderr

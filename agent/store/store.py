@@ -20,6 +20,7 @@ Opening as a reader (readonly=True) writes nothing:
   writer running     maps the files read-only and reads under its seqlock
                      (the `live` file), retrying when a write overlapped
 """
+import heapq
 import json
 import os
 import struct
@@ -529,14 +530,19 @@ class Store:
                 if key.startswith(w.prefix):
                     w.callback(key, blob)
 
-    def _scan(self, prefix):
+    def _scan(self, prefix, limit=0):
+        # nsmallest keeps only `limit` entries while it reads the rest
+        return heapq.nsmallest(limit, self._visible(prefix)) if limit else sorted(
+            self._visible(prefix))
+
+    def _visible(self, prefix):
+        """(key, key id) of the visible records under prefix, unordered."""
         keys = self.keys
-        out = []
         vis = self.visible
         for kid in keys.scan(prefix.encode("utf-8")):
             if vis is not None:
                 if kid in vis:
-                    out.append((keys.key(kid).decode("utf-8"), kid))
+                    yield keys.key(kid).decode("utf-8"), kid
                 continue
             cls, slot = keys.location(kid)  # beside a live writer: the slot's own flag
             if cls == BIG:
@@ -549,13 +555,12 @@ class Store:
                 except BlobCorrupt:
                     got = None
             if got is not None and got[1]:
-                out.append((keys.key(kid).decode("utf-8"), kid))
-        out.sort()
-        return out
+                yield keys.key(kid).decode("utf-8"), kid
 
-    def scan(self, prefix: str = ""):
-        """Sorted list of (key, key id) of visible records under prefix."""
-        return self._consistent(self._scan, prefix)
+    def scan(self, prefix: str = "", limit: int = 0):
+        """Sorted list of (key, key id) of visible records under prefix (the
+        first `limit` of them if limit)."""
+        return self._consistent(self._scan, prefix, limit)
 
     def count(self) -> int:
         if self.visible is None:

@@ -146,9 +146,9 @@ def ensure_identity(data_dir: str) -> str:
         _openssl("x509", "-req", "-in", "req.csr", "-CA", "carrier.pem",
                  "-CAkey", "carrier.key", "-set_serial", "0x" + os.urandom(16).hex(),
                  "-days", "36500", "-sha256", "-out", "cert.pem", cwd=tmp)
-        for name, dst in (("key.pem", key), ("cert.pem", cert)):  # both 0600
-            with open(os.path.join(tmp, name), "rb") as f:
-                fs.atomic_write(dst, f.read())
+        for name, dst in (("key.pem", key), ("cert.pem", cert)):
+            with open(os.path.join(tmp, name), "rb") as f:  # the key stays 0600, whatever
+                fs.atomic_write(dst, f.read(), 0o600 if name == "key.pem" else None)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     did = device_id(data_dir)
