@@ -4,6 +4,7 @@ import os
 from agent.sync.session import Session, CHANGES
 from agent.sync.frame import FrameReader, ProtocolError
 from agent.values import Inc, Add
+from agent.change import parse_change
 
 from .helpers import make_node, pair, run, state
 from agent.sync.transport import settle
@@ -331,4 +332,52 @@ def test_receive_does_no_disk_work_it_hands_out_one_merge_at_a_time(tmp_path):
     nxt = sb.receive(b"")
     assert len(nxt) == 1 and nxt[0].batch == 2
     assert TRANSITIONS[(OPEN, CHANGES)] == ("_on_changes", OPEN)
+    a.close(), b.close()
+
+
+def test_past_the_pending_cap_changes_are_not_taken_and_nothing_loops(tmp_path, monkeypatch):
+    """With the pending area full, further held changes are not taken: the
+    receiver's ACK lacks them, the sender does not send them again in that
+    session (no rewind loop), and a later session delivers them once room
+    is made."""
+    from agent import pending
+    monkeypatch.setattr(pending, "MAX_PENDING", 3)
+    a, b = make_node(tmp_path / "a"), make_node(tmp_path / "b")
+    real = a.clock._wall
+    a.clock._wall = lambda: real() + 3600_000
+    for i in range(5):
+        a.put("f%d" % i, {"v": i})
+    sa, sb = pair(a, b)
+    evs = run(sa, sb)
+    assert sa.caught_up and sb.caught_up and not sa.closed
+    assert b.stats()["held_changes"] == 3
+    assert sb.stats["refused"] == 2 and sa.stats["not_taken"] == 2
+    assert sa.stats["sent_changes"] == 5 and sa.stats["rewinds"] == 0
+    assert sum(e.refused for e in evs if e.kind == "pended") == 2
+    assert b.release_due(force=True) == 3
+    sa, sb = pair(a, b)
+    run(sa, sb)
+    assert sa.stats["sent_changes"] == 2 and b.stats()["held_changes"] == 2
+    assert b.release_due(force=True) == 2
+    assert all(b.get("f%d" % i) == {"v": i} for i in range(5))
+    a.close(), b.close()
+
+
+def test_a_quarantined_change_is_retried_by_a_new_build(tmp_path):
+    """A change quarantined by an older build is applied when a build that
+    can apply it opens the data directory."""
+    from agent import pending
+    a, b = make_node(tmp_path / "a"), make_node(tmp_path / "b")
+    a.put("k", {"v": 1})
+    c = [parse_change(raw) for _, raw in a.log.read()][0]
+    b.pending.add(c, pending.QUARANTINED, "CoreError: this build could not apply it")
+    it = b.pending.items[(c.actor, c.seq)]
+    path = b.data_dir
+    b.close()
+    it.build = "0.0.1"                                   # written by an older build
+    with open(it.path, "wb") as f:
+        f.write(pending.encode(it, c.raw))
+    b = make_node(path)
+    assert b.get("k") == {"v": 1} and b.stats()["quarantined_changes"] == 0
+    assert any("applied 1 pending" in e for e in b.events)
     a.close(), b.close()
