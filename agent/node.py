@@ -34,6 +34,7 @@ from . import __version__
 from .pending import Pending, HELD, QUARANTINED
 from .identity import init_identity, read_identity
 from .oplog.log import OpLog, SEGMENT_MAX
+from .fork import Forks
 from .recovery import Recovery
 from .store import BlobCorrupt
 from .store.big import MAX_RECORD
@@ -85,7 +86,7 @@ def default_data_dir() -> str:
     return os.path.join(base, "mycelium")
 
 
-class Node(Recovery):
+class Node(Recovery, Forks):
     def __init__(self, data_dir: str, durable: bool = False, engine=None,
                  max_skew_ms: int = clock_mod.DEFAULT_MAX_SKEW_MS,
                  flush_interval_ms: int = 100, rss_budget_mb=None, readonly: bool = False,
@@ -116,6 +117,11 @@ class Node(Recovery):
         self.log.on_damage = self._log_damage
         self.pending = Pending(data_dir, readonly, self.events)
         self._next_release = 0.0
+        self.heads = {}          # actor -> (seq, hash prefix) of the highest change held
+        self.own_hashes = {}     # seq -> hash prefix of this device's last changes
+        self.fork_events = []
+        self.seq_before_fork = 0
+        self._load_forks()
         self.store = None
         try:
             self._open(max_skew_ms)
@@ -379,6 +385,9 @@ class Node(Recovery):
                                rnops, rops)
         self.seq = seq  # issued: never again, even if the append below fails
         self.log.append(raw)
+        h = raw[-16:-8]
+        self.heads[self.actor] = (seq, h)
+        self._note_own(seq, h)
         if self.durable:
             self.log.commit()
         vv[self.actor] = seq  # = known.add(actor, seq, prev): prev is our top
@@ -404,6 +413,7 @@ class Node(Recovery):
         """merge_changes for changes already checked by parse_change. New
         changes are merged in one engine call (core batch version 2)."""
         self._writable()
+        self._own_changes_from_peer(changes)
         take = []
         seen = set()
         holds = self.holds
@@ -441,6 +451,7 @@ class Node(Recovery):
         of that is raised: only faults of this node's own storage are."""
         self._writable()
         self.release_due()
+        self._own_changes_from_peer(changes)
         t = Taken()
         take, seen = [], set()
         holds, check = self.holds, self.clock.check
@@ -683,10 +694,14 @@ class Node(Recovery):
             pass  # replaying our own log after the wall clock went back
         known = self.known
         me = self.actor
+        note = self._note_head
         for c in cs:
             known.add(c.actor, c.seq, c.prev)
-            if c.actor == me and c.seq > self.seq:
-                self.seq = c.seq
+            note(c.actor, c.seq, c.hash)
+            if c.actor == me:
+                self._note_own(c.seq, c.hash)
+                if c.seq > self.seq:
+                    self.seq = c.seq
         self._since_checkpoint += len(cs) - 1
         self._tick()
 
@@ -745,7 +760,8 @@ class Node(Recovery):
         self._since_checkpoint = 0
 
     def _meta(self):
-        m = {"log": list(self.log.end()), "seq": self.seq, "clock": self.clock.last}
+        m = {"log": list(self.log.end()), "seq": self.seq, "clock": self.clock.last,
+             "heads": {"%016x" % a: [sq, h.hex()] for a, (sq, h) in self.heads.items()}}
         m.update(self.known.to_json())
         if self.incomplete:
             m["incomplete"] = self.incomplete
@@ -767,6 +783,7 @@ class Node(Recovery):
             "missing_changes": self.known.missing(),
             "held_changes": self.pending.count(HELD),
             "quarantined_changes": self.pending.count(QUARANTINED),
+            "forks": self.forks,
             "incomplete": self.incomplete,
             "seq": self.seq,
             "engine": self._engine.name if self._engine else load_engine_name(),

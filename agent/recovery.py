@@ -60,6 +60,11 @@ class Recovery:
             return
         meta = self.store.meta
         self.known = Known.from_json(meta)
+        try:
+            self.heads = {int(a, 16): (sq, bytes.fromhex(h))
+                          for a, (sq, h) in meta.get("heads", {}).items()}
+        except (ValueError, TypeError, AttributeError):
+            self.heads = {}  # rebuilt as changes come
         self.seq = max(meta.get("seq", 0), self.reserve.seq)
         self.clock = clock_mod.HLC(self.actor, max(meta.get("clock", 0), self.reserve.clock),
                                    max_skew_ms)

@@ -176,6 +176,9 @@ def cmd_sync(args):
             raise
         err = session.error
         _record(args.data_dir, peer_id, session, node, err)
+        forks = list(node.fork_events)
+    for msg in forks:
+        print("mycelium: warning: %s" % msg, file=sys.stderr)
     if err is not None:
         raise err
     if session.peer_vv is None:
@@ -190,7 +193,7 @@ def cmd_sync(args):
     out = {"peer": peer_id, "sent_changes": st["sent_changes"], "skipped_by_bloom": st["skipped"],
            "received_changes": st["recv_changes"], "new": st["new"], "duplicates": st["dup"],
            "wire_bytes_out": st["wire_out"], "wire_bytes_in": st["wire_in"],
-           "seconds": round(time.monotonic() - t0, 3)}
+           "seconds": round(time.monotonic() - t0, 3), "forks": forks}
     if args.json:
         print(json.dumps(out))
     else:

@@ -108,6 +108,9 @@ class Daemon:
                     if other is not s:
                         wake.set()
             self.state_dirty = True
+        elif k == "forked":
+            self.log("FORK: %s (see `mycelium stats`, docs/SYNC.md \"Forks\")" % ev.why)
+            self._peer(pid)["last_error"] = "fork: %s" % ev.why
         elif k == "pended":
             self.log("from %s: %d change(s) held, %d quarantined, %d not taken (pending area "
                      "full); see `mycelium pending`: %s" % (pid, ev.held, ev.quarantined,

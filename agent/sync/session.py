@@ -5,9 +5,10 @@ the disk work to perform out.
     s.start()                       # queues HELLO
     loop:
         for m in s.receive(bytes_from_peer):   # never raises for bad peer input
-            taken = node.receive(m.changes)    # the disk work: the caller's
-            s.merged(m, taken, node.advertised())   # queues the ACK
-        (until receive(b"") returns nothing: it parses one batch at a time)
+            if Check: s.checked(m, node.check_heads(m.vv, m.heads, m.peer))  # HELLO: forks?
+            if Merge: taken = node.receive(m.changes)      # the disk work: the caller's
+                      s.merged(m, taken, node.advertised())  # queues the ACK
+        (until receive(b"") returns nothing: it parses one message that needs work at a time)
         s.pump()                    # queues change batches the peer lacks
         send(s.data_to_send())
         for ev in s.events(): ...
@@ -44,6 +45,7 @@ from collections import deque
 from pybloom_live import BloomFilter
 
 from ..change import HASH_LEN, _blake, change_head, parse_change
+from ..fork import HEAD_HASH
 from ..codec import get_varint, put_varint
 from ..errors import MalformedChange, RemoteError
 from ..vector import Known
@@ -52,7 +54,7 @@ from .frame import FrameReader, ProtocolError, encode_frame, MAX_DECODED
 __all__ = ["PROTOCOL", "Session", "Recent", "HELLO", "CHANGES", "ACK", "IDLE", "HAVE", "BYE",
            "decode_known"]
 
-PROTOCOL = 2
+PROTOCOL = 3
 HELLO, CHANGES, ACK, IDLE, HAVE, BYE = 1, 2, 3, 4, 5, 6
 NAMES = {HELLO: "HELLO", CHANGES: "CHANGES", ACK: "ACK", IDLE: "IDLE", HAVE: "HAVE", BYE: "BYE"}
 BATCH_BYTES = 2 << 20          # raw change bytes per CHANGES batch (well under the frame cap)
@@ -80,6 +82,15 @@ TRANSITIONS = {
     (OPEN, HAVE): ("_on_have", OPEN),
     (OPEN, BYE): ("_on_bye", CLOSED),
 }
+
+
+class Check:
+    """The work a peer's HELLO asks for: Node.check_heads(vv, heads, peer),
+    then Session.checked() with the forks it found."""
+    __slots__ = ("vv", "heads", "peer")
+
+    def __init__(self, vv, heads, peer):
+        self.vv, self.heads, self.peer = vv, heads, peer
 
 
 class Merge:
@@ -131,6 +142,15 @@ class Pended(Event):
     def __init__(self, batch, held, quarantined, refused, reasons):
         self.batch, self.held, self.quarantined = batch, held, quarantined
         self.refused, self.reasons = refused, reasons
+
+
+class Forked(Event):
+    """The peer's HELLO showed a fork of an actor (agent/fork.py)."""
+    __slots__ = ("actor", "why")
+    kind = "forked"
+
+    def __init__(self, actor, why):
+        self.actor, self.why = actor, why
 
 
 class Sent(Event):
@@ -301,6 +321,12 @@ class Session:
         out += did
         out += _u64.pack(self.node.actor)
         self.node.advertised().encode(out)
+        heads = self.node.heads_to_send()[:MAX_ACTORS]
+        put_varint(out, len(heads))
+        for a, sq, h in heads:
+            out += _u64.pack(a)
+            put_varint(out, sq)
+            out += h
         put_varint(out, FLAG_LIVE if self.live else 0)
         encode_bloom(out, self.recent.bloom() if self.use_bloom else None)
         self._send(out)
@@ -513,6 +539,17 @@ class Session:
                 actor, "zero" if actor == 0 else "ours: a copied data directory? "
                 "give one device a fresh `mycelium init`"))
         known, p = decode_known(m, p)
+        n, p = get_varint(m, p)
+        if n > MAX_ACTORS or n * (9 + HEAD_HASH) > len(m) - p:
+            raise ProtocolError("HELLO head list of %d entries runs past its message" % n)
+        heads = []
+        for _ in range(n):
+            a = _u64.unpack_from(m, p)[0]
+            sq, p = get_varint(m, p + 8)
+            if p + HEAD_HASH > len(m):
+                raise ProtocolError("HELLO head list runs past its message")
+            heads.append((a, sq, bytes(m[p:p + HEAD_HASH])))
+            p += HEAD_HASH
         flags, p = get_varint(m, p)
         bf, p = decode_bloom(m, p)
         if p != len(m):
@@ -522,6 +559,15 @@ class Session:
         self.peer_live = bool(flags & FLAG_LIVE)
         self.peer_bloom = bf
         self._events.append(Connected(peer_id, actor, dict(known.vv)))
+        return Check(known.vv, heads, peer_id)
+
+    def checked(self, c: Check, forks) -> None:
+        """The caller ran Check c; forks: [(actor, why)] it found."""
+        if c is not self._awaiting:
+            raise ValueError("checked() for a check this session did not hand out")
+        self._awaiting = None
+        for a, why in forks:
+            self._events.append(Forked(a, why))
 
     def _on_changes(self, m):
         """Parse the whole batch first: a change whose header cannot be read
@@ -561,7 +607,7 @@ class Session:
         self.peer_idle = False
         return Merge(batch, parsed, odd, n, size)
 
-    def merged(self, m: Merge, t, known) -> None:
+    def merged(self, m, t, known) -> None:
         """The caller performed Merge m (Node.receive gave Taken t); known is
         what the node holds now (Node.advertised()). Queues the ACK."""
         if m is not self._awaiting:

@@ -12,7 +12,7 @@ import time
 
 from .errors import PeerUnreachable, SyncTimeout, UnknownPeer
 from .identity import carrier_pem, cert_id, identity_paths
-from .session import Session
+from .session import Check, Session
 
 __all__ = ["server_context", "client_context", "peer_device_id", "connect", "drive", "settle",
            "HANDSHAKE_TIMEOUT", "IDLE_TIMEOUT", "KEEPALIVE"]
@@ -56,6 +56,9 @@ def settle(session: Session, data) -> None:
     acts = session.receive(data)
     while acts:
         for m in acts:
+            if isinstance(m, Check):
+                session.checked(m, node.check_heads(m.vv, m.heads, m.peer))
+                continue
             t = node.receive(m.changes)
             for head, raw, why in m.odd:
                 node.quarantine_raw(t, head, raw, why)

@@ -1,0 +1,102 @@
+"""A data directory copied onto a second device (or restored from a backup)
+writes under the same actor id: the fork is found the first time both
+copies meet a common peer, reported on both sides, and the copy that finds
+its own actor forked takes a fresh one, so its later writes reach everyone."""
+import json
+import shutil
+
+from agent.node import Node
+
+from .helpers import make_node, pair, run
+from .procs import Serve, cmd, init
+
+
+def _clone(tmp_path):
+    a = make_node(tmp_path / "a")
+    for i in range(3):
+        a.put("k%d" % i, {"v": i})
+    a.close()
+    shutil.copytree(str(tmp_path / "a"), str(tmp_path / "a2"))
+    return Node(str(tmp_path / "a")), Node(str(tmp_path / "a2"))
+
+
+def test_a_copy_that_wrote_the_same_seqs_is_found_at_the_common_peer(tmp_path):
+    a, a2 = _clone(tmp_path)
+    b = make_node(tmp_path / "b")
+    actor = a.actor
+    assert a2.actor == actor
+    a.put("x", {"v": 1})                   # both issue seq 4, with different content
+    a2.put("y", {"v": 2})
+    run(*pair(a, b))
+    sa2, sb = pair(a2, b)
+    evs = run(sa2, sb)
+    assert not sa2.closed and not sb.closed
+    forked = [e for e in evs if e.kind == "forked"]
+    assert {e.actor for e in forked} == {actor}
+    assert any(f["actor"] == "%016x" % actor for f in b.stats()["forks"])
+    own = [f for f in a2.stats()["forks"] if f.get("own")]
+    assert own and own[0]["new_actor"] == "%016x" % a2.actor and a2.actor != actor
+    a2.put("z", {"v": 3})                  # written under the fresh actor
+    run(*pair(a2, b))
+    run(*pair(a, b))
+    assert a.get("z") == {"v": 3} == b.get("z")
+    assert a2.get("x") == {"v": 1} or a2.get("x") is None
+    path = a2.data_dir
+    a2.close()
+    a2 = Node(path)                        # the fresh actor and the fork survive a restart
+    assert a2.actor != actor and a2.stats()["forks"][0]["own"]
+    a2.put("w", {"v": 4})
+    run(*pair(a2, b))
+    assert b.get("w") == {"v": 4}
+    for n in (a, a2, b):
+        n.close()
+
+
+def test_a_restored_backup_behind_its_peers_takes_a_fresh_actor(tmp_path):
+    """A copy that wrote nothing since, meeting a peer that holds later
+    changes of its actor: without a fresh actor its next write would reuse
+    a seq the fleet already holds, and be dropped everywhere."""
+    a, a2 = _clone(tmp_path)
+    b = make_node(tmp_path / "b")
+    actor = a.actor
+    for i in range(5):
+        a.put("later%d" % i, {"v": i})
+    run(*pair(a, b))
+    run(*pair(a2, b))
+    assert a2.actor != actor and a2.get("later4") == {"v": 4}
+    a2.put("new", {"v": 1})
+    run(*pair(a2, b))
+    run(*pair(a, b))
+    assert b.get("new") == {"v": 1} == a.get("new")
+    for n in (a, a2, b):
+        n.close()
+
+
+def test_a_copied_data_directory_with_real_processes(tmp_path):
+    a, a2, b = (str(tmp_path / n) for n in ("a", "a2", "b"))
+    ida, idb = init(a), init(b)
+    cmd(a, "put", "k", "v=1")
+    shutil.copytree(a, a2)
+    cmd(a, "put", "x", "v=1")
+    cmd(a2, "put", "y", "v=2")
+    srv = Serve(b)
+    try:
+        cmd(b, "peer", "add", ida, "127.0.0.1:9")
+        cmd(a, "peer", "add", idb, srv.addr)
+        cmd(a2, "peer", "add", idb, srv.addr)
+        import time
+        time.sleep(1.2)                    # serve re-reads peers.json once a second
+        cmd(a, "sync", idb)
+        p = cmd(a2, "sync", idb)
+        assert "fork" in p.stderr
+        cmd(a2, "put", "z", "v=3")
+        cmd(a2, "sync", idb)
+        cmd(a, "sync", idb)
+    finally:
+        assert srv.stop() == 0
+    assert "FORK" in srv.log()
+    assert json.loads(cmd(a, "--json", "get", "z").stdout)["fields"] == {"v": "3"}
+    forks = json.loads(cmd(b, "--json", "stats").stdout)["forks"]
+    assert len(forks) == 1
+    own = json.loads(cmd(a2, "--json", "stats").stdout)["forks"]
+    assert own[0]["own"] and own[0]["new_actor"] != own[0]["actor"]
