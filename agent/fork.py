@@ -30,9 +30,10 @@ from .core.batch import index_map
 from .identity import identity_path, read_identity
 from .reserve import Reserve
 
-__all__ = ["Forks", "OWN_HASHES", "HEAD_HASH"]
+__all__ = ["Forks", "OWN_HASHES", "OWN_MASK", "HEAD_HASH"]
 
-OWN_HASHES = 4096       # this node's last changes whose hashes it keeps in memory
+OWN_HASHES = 4096       # this node's last changes whose hashes it keeps in memory (2^k)
+OWN_MASK = OWN_HASHES - 1
 HEAD_HASH = 8           # bytes of a change's hash compared
 MAX_FORKS = 64
 FORKS_FILE = "forks.json"
@@ -45,10 +46,11 @@ class Forks:
             self.heads[actor] = (seq, bytes(h[:HEAD_HASH]))
 
     def _note_own(self, seq, h):
-        own = self.own_hashes
-        own[seq] = bytes(h[:HEAD_HASH])
-        if len(own) > OWN_HASHES:
-            del own[next(iter(own))]
+        self.own_hashes[seq & OWN_MASK] = (seq, bytes(h[:HEAD_HASH]))
+
+    def _own_hash(self, seq):
+        got = self.own_hashes[seq & OWN_MASK]
+        return got[1] if got is not None and got[0] == seq else None
 
     def heads_to_send(self):
         """[(actor, seq, hash)] of the tops this node holds (what HELLO carries)."""
@@ -65,7 +67,7 @@ class Forks:
                                "device never issued (it issued up to %d)"
                           % (peer, peer_vv[me], me, self.seq)))
         for a, s, h in peer_heads:
-            mine = self.own_hashes.get(s) if a == me else None
+            mine = self._own_hash(s) if a == me else None
             top = self.heads.get(a)
             if mine is None and top is not None and top[0] == s:
                 mine = top[1]
@@ -134,7 +136,7 @@ class Forks:
         self._actor_b = new.to_bytes(8, "little")
         self.clock.actor = new
         self.seq = 0
-        self.own_hashes = {}
+        self.own_hashes = [None] * OWN_HASHES
         self.me = self.store.actor_index(new)
         self._me_map = [self.me]
         self._me_enc = index_map(self._me_map)

@@ -34,7 +34,7 @@ from . import __version__
 from .pending import Pending, HELD, QUARANTINED
 from .identity import init_identity, read_identity
 from .oplog.log import OpLog, SEGMENT_MAX
-from .fork import Forks
+from .fork import Forks, OWN_HASHES, OWN_MASK
 from .recovery import Recovery
 from .store import BlobCorrupt
 from .store.big import MAX_RECORD
@@ -118,7 +118,7 @@ class Node(Recovery, Forks):
         self.pending = Pending(data_dir, readonly, self.events)
         self._next_release = 0.0
         self.heads = {}          # actor -> (seq, hash prefix) of the highest change held
-        self.own_hashes = {}     # seq -> hash prefix of this device's last changes
+        self.own_hashes = [None] * OWN_HASHES  # seq % N -> (seq, hash prefix): own last changes
         self.fork_events = []
         self.seq_before_fork = 0
         self._load_forks()
@@ -387,7 +387,7 @@ class Node(Recovery, Forks):
         self.log.append(raw)
         h = raw[-16:-8]
         self.heads[self.actor] = (seq, h)
-        self._note_own(seq, h)
+        self.own_hashes[seq & OWN_MASK] = (seq, h)   # = _note_own(seq, h), inline
         if self.durable:
             self.log.commit()
         vv[self.actor] = seq  # = known.add(actor, seq, prev): prev is our top
