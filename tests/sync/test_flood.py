@@ -23,6 +23,40 @@ from .procs import Serve, cmd, init
 FLOOD = 1000
 
 
+CGROUP_V1 = "/sys/fs/cgroup/memory"
+MEMORY_MAX = 160 << 20          # packaging/systemd/mycelium.service: MemoryMax=160M
+
+
+def _confine(pid, name):
+    """Put pid in a memory cgroup limited like the shipped unit (cgroup v1
+    here; v2 where that is what the machine has). Returns its directory, or
+    None where neither can be used (not root)."""
+    for base, limit, key in (("/sys/fs/cgroup/unified", "memory.max", "cgroup.procs"),
+                             (CGROUP_V1, "memory.limit_in_bytes", "tasks")):
+        d = os.path.join(base, name)
+        try:
+            os.makedirs(d, exist_ok=True)
+            with open(os.path.join(d, limit), "w") as f:
+                f.write(str(MEMORY_MAX))
+            with open(os.path.join(d, key), "w") as f:
+                f.write(str(pid))
+            return d
+        except OSError:
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass
+    return None
+
+
+def _release(d):
+    if d:
+        try:
+            os.rmdir(d)
+        except OSError:
+            pass
+
+
 def _rss_mb(pid):
     with open("/proc/%d/statm" % pid) as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
@@ -73,6 +107,7 @@ def test_a_flood_of_unauthenticated_connections_is_capped(tmp_path):
     for i in range(3):
         cmd(a, "put", "k%d" % i, "v:=%d" % i)
     srv = Serve(a)
+    cg = _confine(srv.p.pid, "mycelium-flood-%d" % os.getpid())
     host, port = srv.addr.rsplit(":", 1)
     sampler = Sampler(srv.p.pid)
     sampler.start()
@@ -108,10 +143,12 @@ def test_a_flood_of_unauthenticated_connections_is_capped(tmp_path):
             s.close()
     after = _settle(srv.p.pid, 50, 10)
     sampler.stop = True
-    assert srv.p.poll() is None, srv.log()
+    assert srv.p.poll() is None, srv.log()          # not OOM-killed under MemoryMax
     code = srv.stop()
-    print("flood: base %.1f MB, peak %.1f MB (%.1f MB before the real sync), after %.1f MB, "
-          "%d of %d connections dropped" % (base, during, flood_peak, after, closed, FLOOD))
+    _release(cg)
+    print("flood (%s): base %.1f MB, peak %.1f MB (%.1f MB before the real sync), after %.1f MB, "
+          "%d of %d connections dropped" % ("in a 160 MiB cgroup" if cg else "no cgroup", base,
+                                            during, flood_peak, after, closed, FLOOD))
     assert code == 0
     assert closed >= FLOOD - 64 - 1          # all but the newest 64 were dropped
     assert during < 100, during
@@ -129,6 +166,7 @@ def test_a_pinned_peer_with_many_sessions_of_bombs_is_bounded(tmp_path):
     ide = ensure_identity(str(tmp_path / "evil"))
     cmd(a, "peer", "add", ide, "127.0.0.1:9")
     srv = Serve(a)
+    cg = _confine(srv.p.pid, "mycelium-bombs-%d" % os.getpid())
     host, port = srv.addr.rsplit(":", 1)
     sampler = Sampler(srv.p.pid)
     sampler.start()
@@ -164,10 +202,12 @@ def test_a_pinned_peer_with_many_sessions_of_bombs_is_bounded(tmp_path):
     during = sampler.peak
     after = _settle(srv.p.pid, 50, 10)
     sampler.stop = True
-    alive = srv.p.poll() is None
+    alive = srv.p.poll() is None                    # not OOM-killed under MemoryMax
     code = srv.stop()
+    _release(cg)
     evil.close()
-    print("bombs: base %.1f MB, peak %.1f MB, after %.1f MB" % (base, during, after))
+    print("bombs (%s): base %.1f MB, peak %.1f MB, after %.1f MB"
+          % ("in a 160 MiB cgroup" if cg else "no cgroup", base, during, after))
     assert alive and code == 0, srv.log()
     assert "opened more than 2 sessions; the oldest is closed" in srv.log()
     assert during < 100, during
