@@ -651,7 +651,7 @@ class Node(Recovery, Forks):
                     store.save(kb.decode("utf-8"), b, is_visible(b), kid, kb)
             finally:
                 store.end()
-        self._after_merge(cs, max_h)
+        self._after_merge(cs, max_h, replay)
 
     def _load_many(self, kbs):
         try:
@@ -687,11 +687,15 @@ class Node(Recovery, Forks):
             self.clock.check(max_h)
         self._store_merge((c,), kbs, kids, blobs, new, max_h, replay)
 
-    def _after_merge(self, cs, max_h) -> None:
-        try:
-            self.clock.observe(max_h)
-        except ClockSkewError:
-            pass  # replaying our own log after the wall clock went back
+    def _after_merge(self, cs, max_h, replay: bool = False) -> None:
+        if replay:  # our own log's stamps: adopted even if the wall clock went back
+            if max_h > self.clock.last:
+                self.clock.last = max_h
+        else:
+            try:
+                self.clock.observe(max_h)
+            except ClockSkewError:
+                pass  # an operator released a change stamped ahead: not adopted
         known = self.known
         me = self.actor
         note = self._note_head

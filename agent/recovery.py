@@ -55,7 +55,7 @@ class Recovery:
                 raise StoreCorrupt("power was lost while a relaxed-mode writer had the store "
                                    "open (the store may be ahead of the op log)")
         except StoreCorrupt as e:
-            self.clock = clock_mod.HLC(self.actor, self.reserve.clock, max_skew_ms)
+            self.clock = clock_mod.HLC(self.actor, 0, max_skew_ms)  # the replay raises it
             self._rebuild(sdir, str(e))
             return
         meta = self.store.meta
@@ -66,8 +66,13 @@ class Recovery:
         except (ValueError, TypeError, AttributeError):
             self.heads = {}  # rebuilt as changes come
         self.seq = max(meta.get("seq", 0), self.reserve.seq)
-        self.clock = clock_mod.HLC(self.actor, max(meta.get("clock", 0), self.reserve.clock),
-                                   max_skew_ms)
+        # The clock starts at the checkpoint's and the replay below raises it
+        # to every stamp the log holds: a stamp never goes back. It does not
+        # start at the reserve's mark (ahead of use by CLOCK_STEP_MS), or each
+        # crash would push the device's stamps a step further ahead of real
+        # time until peers held its changes; only if the log lost entries
+        # (whose stamps peers may hold) does the mark apply.
+        self.clock = clock_mod.HLC(self.actor, meta.get("clock", 0), max_skew_ms)
         self.incomplete = meta.get("incomplete")
         start = tuple(meta.get("log", (0, 0)))
         power_cut = self.store.power_cut() is not None
@@ -84,6 +89,8 @@ class Recovery:
                                   "after the last checkpoint may be missing")
         if self.log.hits > hits or self.log.damage:
             self._holes_pending = True
+            self.clock.last = max(self.clock.last, self.reserve.clock)
+        self.clock.floor_ms = max(self.clock.floor_ms, self.clock.last >> 16)
         if self.store.damaged:
             self.repair(self.store.damaged)
         self._settle_seq()
@@ -154,6 +161,9 @@ class Recovery:
             self._mark_incomplete("the store was rebuilt from an op log with damaged entries: "
                                   "records may miss the changes in them")
         self._holes_pending = bool(self.log.damage)
+        if self.log.hits > hits or self.log.damage:  # lost stamps: the reserve bounds them
+            self.clock.last = max(self.clock.last, self.reserve.clock)
+        self.clock.floor_ms = max(self.clock.floor_ms, self.clock.last >> 16)
         self._settle_seq()
 
     def rebuild_store(self, reason: str = "a rebuild was asked for") -> None:

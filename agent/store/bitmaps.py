@@ -69,7 +69,9 @@ def rebuild(store) -> None:
     used = {}
     names = set(os.listdir(store.dir)) if os.path.isdir(store.dir) else set()
     for cls, size in enumerate(SIZE_CLASSES):
-        if "arena.%d" % size in names and store.arenas[cls] is None:
+        name = "arena.%d" % size
+        if name in names and store.arenas[cls] is None and \
+                os.path.getsize(os.path.join(store.dir, name)) > 0:  # an empty one holds nothing
             store.arena(cls, BitMap())
     store.visible = BitMap()
     keys = store.keys

@@ -29,8 +29,10 @@ class MappedFile:
         self.fd = -1
         self.mm = None
         self.ino = None
+        created = False
         try:
             if mode == WRITE:
+                created = not os.path.exists(path)
                 self.fd = fs.open_fd(path, os.O_RDWR | os.O_CREAT)
                 st = os.fstat(self.fd)
                 size = st.st_size
@@ -55,6 +57,11 @@ class MappedFile:
                 st = None
         except OSError as e:
             self._drop()
+            if created:  # a new file that could not be grown (a full disk): leave none
+                try:
+                    fs.unlink(path)
+                except OSError:
+                    pass
             raise fs.error(e, "open", path) from None
         self.size = size
         if st is not None:
