@@ -3,8 +3,9 @@ ahead of use (the file `reserve` in the data directory, docs/FORMAT.md).
 
 Before a seq or a stamp beyond the reserved one is issued, the mark is moved
 ahead (by SEQ_STEP seqs, CLOCK_STEP_MS of clock) and written durably. After a
-crash, whatever the log lost, the device starts above the marks: no (actor,
-seq) is ever issued twice and no stamp goes back, even if the wall clock did.
+crash, whatever the log lost, the device's seqs start above the seq mark: no
+(actor, seq) is ever issued twice. The clock starts at the last stamp the log
+holds (agent/recovery.py), and at the clock mark only if the log lost entries.
 A clean close writes the exact values, so a clean restart skips nothing.
 """
 import os
