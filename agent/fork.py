@@ -90,7 +90,7 @@ class Forks:
             entry["new_actor"] = "%016x" % self._take_fresh_actor()
             msg = ("fork: %s. This device now writes as actor %s; the changes it wrote "
                    "as %016x (seqs up to %d) may not have reached every peer"
-                   % (why, entry["new_actor"], actor, self.seq_before_fork))
+                   % (why, entry["new_actor"], actor, entry["split_seqs"][1]))
         else:
             msg = "fork: %s; both devices' later changes are kept" % why
         self.forks = (self.forks + [entry])[-MAX_FORKS:]
@@ -119,7 +119,6 @@ class Forks:
 
     def _take_fresh_actor(self) -> int:
         old = self.actor
-        self.seq_before_fork = self.seq
         self.log.commit()
         new = int.from_bytes(os.urandom(8), "little") | 1
         ident = read_identity(self.data_dir)

@@ -58,16 +58,10 @@ DEFAULT_RSS_BUDGET_MB = 0
 _u64 = struct.Struct("<Q")
 
 
-class _Then:
-    """Iterate a list, then (only if reached) what more() returns."""
-    __slots__ = ("first", "more")
-
-    def __init__(self, first, more):
-        self.first, self.more = first, more
-
-    def __iter__(self):
-        yield from self.first
-        yield from self.more()
+def _then(first, more):
+    """first, then (only if reached) what more() returns."""
+    yield from first
+    yield from more()
 
 
 class Taken:
@@ -120,7 +114,6 @@ class Node(Recovery, Forks):
         self.heads = {}          # actor -> (seq, hash prefix) of the highest change held
         self.own_hashes = [None] * OWN_HASHES  # seq % N -> (seq, hash prefix): own last changes
         self.fork_events = []
-        self.seq_before_fork = 0
         self._load_forks()
         self.store = None
         try:
@@ -221,7 +214,7 @@ class Node(Recovery, Forks):
         want = limit + 16 if limit else 0
         found = self._retry("scan", prefix, want)
         if want and len(found) == want:
-            found = _Then(found, lambda: self._retry("scan", prefix)[want:])
+            found = _then(found, lambda: self._retry("scan", prefix)[want:])
         for key, kid in found:
             blob = self._blob(key, kid)
             got = self._decode(blob, with_kinds) if blob else None

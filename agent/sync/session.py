@@ -65,7 +65,7 @@ MAX_BLOOM_CAPACITY = 1 << 16
 MAX_ID = 64
 MAX_ACTORS = 1 << 16            # entries of a version vector a peer may send
 MAX_NOT_TAKEN = 1 << 16
-MAX_LOST_SPAN = 4096            # seqs of one gap a HAVE may ask for again
+MAX_LOST_SPAN = 4096            # seqs one HAVE may ask for again (in all its new gaps)
 FLAG_LIVE = 1
 _u64 = struct.Struct("<Q")
 
@@ -695,13 +695,16 @@ class Session:
             raise ProtocolError("HAVE has trailing bytes")
         before = self.peer_known
         merged = before.union(known)
-        lost = 0
+        lost = budget = 0
         for a, ranges in known.gaps.items():
             old = before.gaps.get(a, [])
             for lo, hi in ranges:
                 if [lo, hi] in old:
                     continue
-                for sq in range(lo, min(hi, lo + MAX_LOST_SPAN) + 1):
+                for sq in range(lo, hi + 1):
+                    budget += 1           # bounded per HAVE, not per gap: 4,096 gaps of
+                    if budget > MAX_LOST_SPAN:  # 4,096 seqs each would be 16M steps
+                        break
                     if merged.has(a, sq):
                         merged.lose(a, sq)
                         lost += 1
