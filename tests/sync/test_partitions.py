@@ -105,21 +105,28 @@ while not os.path.exists(stop):
     while True:
         try:
             if node is None:
-                node = RemoteNode(sock, timeout=5)
+                node = RemoteNode(sock, timeout=30)
             node.put("shared", fields)
             break
         except Exception:
-            # the ack was lost: did the write land before serve died?
+            # The ack was lost (serve was killed). An increment is not
+            # idempotent: before writing again, learn from the restarted
+            # serve whether this one landed, however long that takes.
             node = None
-            try:
-                got = RemoteNode(sock, timeout=5).get("shared")
-                if got and got.get("last_" + name) == i:
-                    break
-            except Exception:
-                pass
+            landed = None
+            deadline = time.monotonic() + 60
+            while landed is None:
+                try:
+                    got = RemoteNode(sock, timeout=30).get("shared")
+                    landed = bool(got) and got.get("last_" + name) == i
+                except Exception:
+                    if time.monotonic() > deadline:
+                        sys.exit("serve did not come back within 60 s")
+                    time.sleep(0.1)
+            if landed:
+                break
             if os.path.exists(stop):
                 sys.exit(0)
-            time.sleep(0.2)
     out.write("%d\n" % i)
     out.flush()
     time.sleep(0.02)
