@@ -237,14 +237,16 @@ class KeyIndex:
                                "failed its checksum" % kid)
             yield kid, cls, slot
 
-    def scan(self, prefix: bytes):
-        """Key ids whose key starts with prefix (unordered), each checked."""
+    def scan(self, prefix: bytes, lo: int = 0, hi: int = None):
+        """Key ids (from lo, below hi) whose key starts with prefix
+        (unordered), each checked."""
         hm = self.heap.mm
         lp = len(prefix)
         used = self.heap_used
         out = []
+        hi = self.n if hi is None else min(hi, self.n)
         for kid, (off, ln, cls, _, slot, crc) in enumerate(
-                ENTRY.iter_unpack(self.tab.mm[HDR_SIZE:HDR_SIZE + self.n * ESIZE])):
+                ENTRY.iter_unpack(self.tab.mm[HDR_SIZE + lo * ESIZE:HDR_SIZE + hi * ESIZE]), lo):
             if ln >= lp and hm[off + 2:off + 2 + lp] == prefix:
                 if off + 2 + ln > used or crc != entry_crc(kid, off, ln, cls, slot,
                                                            hm[off + 2:off + 2 + ln]):

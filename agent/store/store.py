@@ -298,33 +298,44 @@ class Store:
             except HashDamaged:
                 self._rehash()
                 return fn(*args)
-        last = None
+        state = [None]
         deadline = time.monotonic() + 30.0
         while time.monotonic() < deadline:
-            g1, n, heap, blocks = self.live.hints()
-            if g1 & 1:
-                time.sleep(0.0005)
-                continue
-            k = self.keys
-            k.n, k.heap_used = n, heap
-            k.heap.refresh()
-            k.tab.refresh()
-            if k.hash.refresh() or blocks != k.hash_blocks():
-                k._fit_hash()
-            try:
-                out, err = fn(*args), None
-            except StoreCorrupt as e:
-                out, err = None, e
-            if self.live.generation() == g1:
-                if err is None:
-                    return out
-                if last is not None and type(last) is type(err):
-                    if isinstance(err, HashDamaged):
-                        self.keys.rebuild_private()
-                        return fn(*args)
-                    raise err
-                last = err
+            ok, out = self._attempt(fn, args, state)
+            if ok:
+                return out
         raise StoreLocked("the writer of %s keeps the store busy; try again" % self.dir)
+
+    def _attempt(self, fn, args, state):
+        """One try of a read under the live writer's seqlock: (True, result),
+        or (False, None) if a write overlapped it. state[0] is the damage the
+        last try found: the same damage twice with no write between is real."""
+        g1, n, heap, blocks = self.live.hints()
+        if g1 & 1:
+            time.sleep(0.0005)
+            return False, None
+        k = self.keys
+        k.n, k.heap_used = n, heap
+        k.heap.refresh()
+        k.tab.refresh()
+        if k.hash.refresh() or blocks != k.hash_blocks():
+            k._fit_hash()
+        try:
+            out, err = fn(*args), None
+        except StoreCorrupt as e:
+            out, err = None, e
+        if self.live.generation() != g1:
+            return False, None
+        if err is None:
+            return True, out
+        last = state[0]
+        if last is not None and type(last) is type(err):
+            if isinstance(err, HashDamaged):
+                self.keys.rebuild_private()
+                return True, fn(*args)
+            raise err
+        state[0] = err
+        return False, None
 
     def _blob(self, kid, cls, slot, key):
         """The checked blob in a record's slot; None if it has none."""
@@ -535,11 +546,12 @@ class Store:
         return heapq.nsmallest(limit, self._visible(prefix)) if limit else sorted(
             self._visible(prefix))
 
-    def _visible(self, prefix):
-        """(key, key id) of the visible records under prefix, unordered."""
+    def _visible(self, prefix, lo=0, hi=None):
+        """(key, key id) of the visible records under prefix, unordered
+        (key ids from lo, below hi)."""
         keys = self.keys
         vis = self.visible
-        for kid in keys.scan(prefix.encode("utf-8")):
+        for kid in keys.scan(prefix.encode("utf-8"), lo, hi):
             if vis is not None:
                 if kid in vis:
                     yield keys.key(kid).decode("utf-8"), kid
@@ -560,7 +572,32 @@ class Store:
     def scan(self, prefix: str = "", limit: int = 0):
         """Sorted list of (key, key id) of visible records under prefix (the
         first `limit` of them if limit)."""
-        return self._consistent(self._scan, prefix, limit)
+        if not self.live_writer:
+            return self._consistent(self._scan, prefix, limit)
+        # Beside a live writer a whole scan seldom fits between two of its
+        # writes (a put every 20 us), and retried whole it would starve. It
+        # is read in runs of key ids instead, each consistent on its own and
+        # sized to fit: a key is listed if it was visible when its run was read.
+        found, lo, step = [], 0, 256
+        state = [None]
+        deadline = time.monotonic() + 30.0
+        while True:
+            ok, got = self._attempt(self._scan_run, (prefix, lo, lo + step), state)
+            if ok:
+                found += got[0]
+                lo += step
+                if lo >= got[1]:
+                    break
+                step = min(step * 2, 4096)
+            else:
+                step = max(step // 2, 8)
+                if time.monotonic() > deadline:
+                    raise StoreLocked("the writer of %s keeps the store busy; try again"
+                                      % self.dir)
+        return heapq.nsmallest(limit, found) if limit else sorted(found)
+
+    def _scan_run(self, prefix, lo, hi):
+        return list(self._visible(prefix, lo, hi)), self.keys.n
 
     def count(self) -> int:
         if self.visible is None:
