@@ -67,6 +67,7 @@ class ProtocolError(MalformedFrame):
     """A well-formed frame whose message is unknown, malformed or out of turn."""
 
 
+OUR_WINDOW = 1 << 21            # the window our writers use
 _cparams = zstandard.ZstdCompressionParameters.from_level(
     LEVEL, window_log=21, write_content_size=True)
 _cctx = zstandard.ZstdCompressor(compression_params=_cparams)
@@ -99,9 +100,14 @@ def decode_payload(z) -> bytes:
                              % (params.window_size, MAX_WINDOW))
     # Streaming read bounded by the declared size (+1 to see a lie); frames
     # glued after the first are read too, so trailing data counts as a lie.
+    # A frame with a window over what our writers use gets a decompressor of
+    # its own, freed with it: the shared one would keep that window's buffer
+    # (8 MiB from a hostile peer) for the life of the process.
+    dctx = _dctx if params.window_size <= OUR_WINDOW else zstandard.ZstdDecompressor(
+        max_window_size=MAX_WINDOW)
     out = bytearray()
     try:
-        with _dctx.stream_reader(z, read_size=1 << 17, read_across_frames=True) as r:
+        with dctx.stream_reader(z, read_size=1 << 17, read_across_frames=True) as r:
             while len(out) <= size:
                 chunk = r.read(min(1 << 20, size + 1 - len(out)))
                 if not chunk:
