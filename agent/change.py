@@ -9,6 +9,12 @@ count: seq - 1 - prev). Seqs of one actor rise but need not be contiguous:
 after a crash a device skips past the seqs it had reserved, so it never
 issues one twice, and `prev` tells a receiver that nothing lies between.
 Version 1 (read only) has no skip: its prev is seq - 1.
+
+Version 3 also carries `prev_hash`, the hash of its actor's previous change
+(16 zero bytes for an actor's first), so each actor's changes form a hash
+chain: a signature over one change's hash (agent/sync/signing.py) vouches
+for every change below it. Versions 1 and 2 are read, have no chain
+(prev_hash None) and cannot be signed.
 """
 import struct
 
@@ -16,11 +22,13 @@ from .codec import get_varint, put_varint, varint
 from .errors import MalformedChange
 
 __all__ = ["CHANGE_VERSION", "Change", "build_change", "build_change_raw", "parse_change",
-           "change_head", "HASH_LEN"]
+           "change_head", "chain_head", "HASH_LEN",
+           "NO_HASH"]
 
-CHANGE_VERSION = 2
-READ_VERSIONS = (1, 2)
+CHANGE_VERSION = 3
+READ_VERSIONS = (1, 2, 3)
 HASH_LEN = 16
+NO_HASH = bytes(HASH_LEN)       # prev_hash of an actor's first change
 MAX_CHANGE = 16 * 1024 * 1024
 _u64 = struct.Struct("<Q")
 try:  # the built-in module: hashlib would load OpenSSL (about 4 MB of RSS)
@@ -30,7 +38,7 @@ except ImportError:  # pragma: no cover
 
 
 class Change:
-    __slots__ = ("actor", "seq", "prev", "hlc", "keys", "fields", "actors",
+    __slots__ = ("actor", "seq", "prev", "prev_hash", "hlc", "keys", "fields", "actors",
                  "nops", "ops", "raw", "hash")
 
     def __repr__(self):
@@ -59,25 +67,29 @@ def actor_table(actors) -> bytes:
 
 
 def build_change(actor: int, seq: int, hlc: int, keys, fields, actors,
-                 nops: int, ops, prev: int = None) -> bytes:
+                 nops: int, ops, prev: int = None, prev_hash: bytes = NO_HASH) -> bytes:
     """keys and fields are lists of str; actors a list of 64-bit ids; prev
-    the seq of the actor's previous change (default seq - 1)."""
+    the seq of the actor's previous change (default seq - 1) and prev_hash
+    its hash."""
     return build_change_raw(_u64.pack(actor), seq, seq - 1 if prev is None else prev, hlc,
                             string_table(keys), string_table(fields), actor_table(actors),
-                            nops, ops)
+                            nops, ops, prev_hash)
 
 
-_V2 = bytes((CHANGE_VERSION,))
+_V = bytes((CHANGE_VERSION,))
 
 
 def build_change_raw(actor_b: bytes, seq: int, prev: int, hlc: int, keys_t: bytes,
-                     fields_t: bytes, actors_t: bytes, nops: int, ops) -> bytes:
+                     fields_t: bytes, actors_t: bytes, nops: int, ops,
+                     prev_hash: bytes = NO_HASH) -> bytes:
     """As build_change, with the actor id (u64 bytes) and the tables already
     encoded (the write path caches them)."""
     if not 0 <= prev < seq:
         raise ValueError("prev %d must be below seq %d" % (prev, seq))
-    body = b"".join((_V2, actor_b, varint(seq), varint(seq - 1 - prev), varint(hlc), keys_t,
-                     fields_t, actors_t, varint(nops), ops))
+    if len(prev_hash) != HASH_LEN:
+        raise ValueError("prev_hash must be %d bytes" % HASH_LEN)
+    body = b"".join((_V, actor_b, varint(seq), varint(seq - 1 - prev), prev_hash, varint(hlc),
+                     keys_t, fields_t, actors_t, varint(nops), ops))
     return body + _blake(body, digest_size=HASH_LEN).digest()
 
 
@@ -94,10 +106,31 @@ def change_head(raw, any_version: bool = False):
     skip = 0
     if v >= 2:
         skip, p = get_varint(raw, p)
+    if v >= 3:
+        p += HASH_LEN
     hlc, _ = get_varint(raw, p)
     if skip >= seq or actor == 0:
         raise MalformedChange("change skips below seq 1, or its actor is zero")
     return actor, seq, seq - 1 - skip, hlc
+
+
+def chain_head(raw):
+    """(actor, seq, prev, prev_hash) of a change's bytes without the full
+    parse; prev_hash is None for versions 1 and 2."""
+    v = raw[0] if len(raw) else 0
+    if v not in READ_VERSIONS or len(raw) < 10:
+        raise MalformedChange("not a change (version %d)" % v)
+    actor = _u64.unpack_from(raw, 1)[0]
+    seq, p = get_varint(raw, 9)
+    skip = 0
+    ph = None
+    if v >= 2:
+        skip, p = get_varint(raw, p)
+    if v >= 3:
+        ph = bytes(raw[p:p + HASH_LEN])
+    if skip >= seq or actor == 0:
+        raise MalformedChange("change skips below seq 1, or its actor is zero")
+    return actor, seq, seq - 1 - skip, ph
 
 
 def _strings(buf, p, what):
@@ -169,8 +202,14 @@ def parse_change(raw, check_hash: bool = True) -> Change:
     p = 9
     c.seq, p = get_varint(body, p)
     skip = 0
-    if raw[0] == 2:
+    c.prev_hash = None
+    if raw[0] >= 2:
         skip, p = get_varint(body, p)
+    if raw[0] == 3:
+        if p + HASH_LEN > len(body):
+            raise MalformedChange("change runs past its end")
+        c.prev_hash = bytes(body[p:p + HASH_LEN])
+        p += HASH_LEN
     c.prev = c.seq - 1 - skip
     c.hlc, p = get_varint(body, p)
     c.keys, p = _strings(body, p, "key")

@@ -298,9 +298,20 @@ def cmd_watch(args):
         time.sleep(0.1)
 
 
+def _refused_from_peers(data_dir) -> int:
+    """Changes peers sent that no signature vouched for (sync/state.json)."""
+    try:
+        with open(os.path.join(data_dir, "sync", "state.json")) as f:
+            peers = json.load(f).get("peers", {})
+        return sum(int(p.get("refused", 0)) for p in peers.values())
+    except (OSError, ValueError, AttributeError, TypeError):
+        return 0
+
+
 def cmd_stats(args):
     with _open(args, write=False) as n:
         s = n.stats()
+    s["refused_changes"] = _refused_from_peers(args.data_dir)
     if args.json:
         print(json.dumps(s))
     else:

@@ -25,7 +25,7 @@ import os
 import time
 
 from . import fs
-from .change import actor_table
+from .change import NO_HASH, actor_table
 from .core.batch import index_map
 from .identity import identity_path, read_identity
 from .reserve import Reserve
@@ -120,7 +120,8 @@ class Forks:
     def _take_fresh_actor(self) -> int:
         old = self.actor
         self.log.commit()
-        new = int.from_bytes(os.urandom(8), "little") | 1
+        from .keys import new_actor_key
+        new = new_actor_key(self.data_dir)
         ident = read_identity(self.data_dir)
         ident["previous_actors"] = list(ident.get("previous_actors", [])) + ["%016x" % old]
         ident["actor"] = "%016x" % new
@@ -135,6 +136,7 @@ class Forks:
         self._actor_b = new.to_bytes(8, "little")
         self.clock.actor = new
         self.seq = 0
+        self.own_top = (0, NO_HASH)
         self.own_hashes = [None] * OWN_HASHES
         self.me = self.store.actor_index(new)
         self._me_map = [self.me]

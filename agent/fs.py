@@ -260,13 +260,13 @@ def _canonical(obj) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def write_json(path: str, obj: dict) -> None:
+def write_json(path: str, obj: dict, mode: int = None) -> None:
     """Atomically write obj as readable JSON carrying the CRC of its content."""
     body = dict(obj)
     body.pop(CRC_KEY, None)
     body[CRC_KEY] = "%08x" % zlib.crc32(_canonical(body))
     atomic_write(path, (json.dumps(body, sort_keys=True, indent=1, ensure_ascii=False)
-                        + "\n").encode())
+                        + "\n").encode(), mode)
 
 
 def read_json(path: str, what: str, fix: str, default=None, legacy_ok: bool = True):

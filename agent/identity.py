@@ -26,7 +26,8 @@ def init_identity(data_dir: str) -> dict:
     path = identity_path(data_dir)
     if os.path.exists(path):
         return read_identity(data_dir)
-    ident = {"version": 1, "actor": "%016x" % (int.from_bytes(os.urandom(8), "little") | 1),
+    from .keys import new_actor_key
+    ident = {"version": 1, "actor": "%016x" % new_actor_key(data_dir),
              "created": int(time.time())}
     fs.write_json(path, ident)
     return ident

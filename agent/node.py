@@ -21,8 +21,8 @@ import struct
 import time
 
 from . import clock as clock_mod
-from .change import (Change, actor_table, key_table_one, build_change_raw, change_head,
-                     parse_change, string_table)
+from .change import (NO_HASH, Change, actor_table, key_table_one, build_change_raw,
+                     change_head, parse_change, string_table)
 from .codec import varint
 from .core import load_engine
 from .core import ops as O
@@ -113,6 +113,7 @@ class Node(Recovery, Forks):
         self._next_release = 0.0
         self.heads = {}          # actor -> (seq, hash prefix) of the highest change held
         self.own_hashes = [None] * OWN_HASHES  # seq % N -> (seq, hash prefix): own last changes
+        self.own_top = (0, NO_HASH)  # (seq, hash) of this actor's last change: the next's prev
         self.fork_events = []
         self._load_forks()
         self.store = None
@@ -374,10 +375,12 @@ class Node(Recovery, Forks):
             self.reserve.need_seq(seq)
         vv = self.known.vv
         prev = vv.get(self.actor, 0)
+        top = self.own_top
         raw = build_change_raw(self._actor_b, seq, prev, stamp, key_table_one(kb), ftab, atab,
-                               rnops, rops)
+                               rnops, rops, top[1] if top[0] == prev else NO_HASH)
         self.seq = seq  # issued: never again, even if the append below fails
         self.log.append(raw)
+        self.own_top = (seq, raw[-16:])
         h = raw[-16:-8]
         self.heads[self.actor] = (seq, h)
         self.own_hashes[seq & OWN_MASK] = (seq, h)   # = _note_own(seq, h), inline
@@ -699,6 +702,8 @@ class Node(Recovery, Forks):
                 self._note_own(c.seq, c.hash)
                 if c.seq > self.seq:
                     self.seq = c.seq
+                if c.seq >= self.own_top[0]:
+                    self.own_top = (c.seq, c.hash)
         self._since_checkpoint += len(cs) - 1
         self._tick()
 
@@ -758,7 +763,8 @@ class Node(Recovery, Forks):
 
     def _meta(self):
         m = {"log": list(self.log.end()), "seq": self.seq, "clock": self.clock.last,
-             "heads": {"%016x" % a: [sq, h.hex()] for a, (sq, h) in self.heads.items()}}
+             "heads": {"%016x" % a: [sq, h.hex()] for a, (sq, h) in self.heads.items()},
+             "own_top": [self.own_top[0], self.own_top[1].hex()]}
         m.update(self.known.to_json())
         if self.incomplete:
             m["incomplete"] = self.incomplete
@@ -799,6 +805,9 @@ class Node(Recovery, Forks):
         if self._closed:
             return
         self._closed = True
+        parts = getattr(self, "_sync_parts", None)   # agent/sync/session.py: sync_parts
+        if parts is not None:
+            parts[1].close()
         err = None
         try:
             if not self.readonly:

@@ -65,6 +65,12 @@ class Recovery:
                           for a, (sq, h) in meta.get("heads", {}).items()}
         except (ValueError, TypeError, AttributeError):
             self.heads = {}  # rebuilt as changes come
+        try:
+            sq, h = meta["own_top"]
+            if len(bytes.fromhex(h)) == 16:
+                self.own_top = (int(sq), bytes.fromhex(h))
+        except (KeyError, ValueError, TypeError):
+            pass  # older meta: the next change starts a new chain (agent/change.py)
         self.seq = max(meta.get("seq", 0), self.reserve.seq)
         # The clock starts at the checkpoint's and the replay below raises it
         # to every stamp the log holds: a stamp never goes back. It does not

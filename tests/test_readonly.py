@@ -450,7 +450,8 @@ def test_files_are_private(tmp_path):
 
 def test_a_configured_group_may_read_the_data_but_not_the_key(tmp_path):
     """MYCELIUM_GROUP=NAME: files 0640 and directories 02750 of that group
-    (so its members can read, e.g. a backup user); the TLS key stays 0600."""
+    (so its members can read, e.g. a backup user); the TLS and signing keys
+    stay 0600."""
     import grp
     gid = os.getgid()
     name = grp.getgrgid(gid).gr_name
@@ -468,9 +469,9 @@ def test_a_configured_group_may_read_the_data_but_not_the_key(tmp_path):
             st = os.lstat(os.path.join(root, n))
             modes[os.path.relpath(os.path.join(root, n), d)] = (
                 stat.S_IMODE(st.st_mode), st.st_gid, stat.S_ISDIR(st.st_mode))
-    assert modes["sync/key.pem"][0] == 0o600
+    assert modes["sync/key.pem"][0] == 0o600 and modes["actor.key"][0] == 0o600
     for rel, (mode, g, isdir) in modes.items():
-        if rel == "sync/key.pem":
+        if rel in ("sync/key.pem", "actor.key"):
             continue
         assert mode == (0o2750 if isdir else 0o640), (rel, oct(mode))
         assert g == gid, rel

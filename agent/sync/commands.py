@@ -29,6 +29,12 @@ def _open_node(args):
 # -- id, peer add, peer list
 
 
+def _adopt_signed_actor(node):
+    from .session import sync_parts
+    from .signing import adopt_signed_actor
+    return adopt_signed_actor(node, sync_parts(node)[0])
+
+
 def cmd_id(args):
     did = ensure_identity(args.data_dir)
     print(json.dumps({"device_id": did}) if args.json else did)
@@ -133,12 +139,16 @@ def _resolve_peer(data_dir, text):
     return hits[0], peers[hits[0]]
 
 
-async def sync_once(node, data_dir, my_id, peer_id, addr, progress=None, timeout=None):
+async def sync_once(node, data_dir, my_id, peer_id, addr, progress=None, timeout=None,
+                    accept_unsigned=None):
     host, port = P.parse_addr(addr)
     reader, writer = await connect(host, port, client_context(data_dir), peer_id)
-    session = Session(node, my_id, peer_id)
+    session = Session(node, my_id, peer_id, accept_unsigned=accept_unsigned)
+    session.refusals = []
 
     def on_event(s, ev):
+        if ev.kind == "refused":
+            s.refusals.append(ev)
         if progress is not None:
             if ev.kind == "connected":
                 progress.start(P.behind(node.vv, ev.peer_vv), P.behind(ev.peer_vv, node.vv))
@@ -156,6 +166,8 @@ def _record(data_dir, peer_id, session, node, error=None):
         entry["vv"] = P.vv_hex(session.peer_vv)
     if session is not None and session.caught_up:
         entry["last_sync"] = int(time.time())
+    for ev in getattr(session, "refusals", ()):
+        P.note_refused(entry, ev)
     entry["connected"] = False
     entry["last_error"] = None if error is None else str(error)
     P.save_state(data_dir, state)
@@ -168,9 +180,12 @@ def cmd_sync(args):
     t0 = time.monotonic()
     with _open_node(args) as node:
         session = None
+        adopted = _adopt_signed_actor(node)
+        if adopted:
+            print("mycelium: %s" % adopted, file=sys.stderr)
         try:
             session = asyncio.run(sync_once(node, args.data_dir, my_id, peer_id, entry["addr"],
-                                            progress))
+                                            progress, accept_unsigned=args.accept_unsigned))
         except SyncError as e:
             _record(args.data_dir, peer_id, session, node, e)
             raise
@@ -179,6 +194,12 @@ def cmd_sync(args):
         forks = list(node.fork_events)
     for msg in forks:
         print("mycelium: warning: %s" % msg, file=sys.stderr)
+    refused = sum(ev.count for ev in session.refusals)
+    if refused:
+        print("mycelium: warning: refused %d change(s) from %s that no signature of their "
+              "device vouches for: %s" % (refused, peer_id, "; ".join(
+                  sorted({r for ev in session.refusals for r in ev.reasons})[:3])),
+              file=sys.stderr)
     if err is not None:
         raise err
     if session.peer_vv is None:
@@ -193,7 +214,7 @@ def cmd_sync(args):
     out = {"peer": peer_id, "sent_changes": st["sent_changes"], "skipped_by_bloom": st["skipped"],
            "received_changes": st["recv_changes"], "new": st["new"], "duplicates": st["dup"],
            "wire_bytes_out": st["wire_out"], "wire_bytes_in": st["wire_in"],
-           "seconds": round(time.monotonic() - t0, 3), "forks": forks}
+           "seconds": round(time.monotonic() - t0, 3), "forks": forks, "refused": refused}
     if args.json:
         print(json.dumps(out))
     else:
@@ -220,7 +241,10 @@ def cmd_serve(args):
     raise_fd_limit()
     tune_malloc()
     with _open_node(args) as node:
-        d = Daemon(node, args.data_dir, my_id)
+        adopted = _adopt_signed_actor(node)
+        d = Daemon(node, args.data_dir, my_id, accept_unsigned=args.accept_unsigned)
+        if adopted:
+            d.log(adopted)
 
         async def main():
             loop = asyncio.get_running_loop()

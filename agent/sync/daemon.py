@@ -64,8 +64,9 @@ def _size(n):
 class Daemon:
     """One node, a listener and a dialer per known peer, all in one loop."""
 
-    def __init__(self, node, data_dir, my_id, quiet=False):
+    def __init__(self, node, data_dir, my_id, quiet=False, accept_unsigned=None):
         self.node = node
+        self.accept_unsigned = accept_unsigned
         self.data_dir = data_dir
         self.my_id = my_id
         self.recent = Recent()
@@ -115,6 +116,11 @@ class Daemon:
             self.log("from %s: %d change(s) held, %d quarantined, %d not taken (pending area "
                      "full); see `mycelium pending`: %s" % (pid, ev.held, ev.quarantined,
                                                             ev.refused, "; ".join(ev.reasons[:3])))
+        elif k == "refused":
+            self.log("REFUSED %d change(s) from %s that no signature of their device vouches "
+                     "for: %s" % (ev.count, pid, "; ".join(ev.reasons)))
+            P.note_refused(self._peer(pid), ev)
+            self.state_dirty = True
         elif k == "sent":
             self.log("sent %d change(s) to %s (%d skipped by Bloom, %s)"
                      % (ev.changes, pid, ev.skipped, _size(ev.wire_bytes)))
@@ -203,7 +209,8 @@ class Daemon:
             writer.close()
             return
         self._make_room_for(pid)
-        s = Session(self.node, self.my_id, pid, live=True, recent=self.recent)
+        s = Session(self.node, self.my_id, pid, live=True, recent=self.recent,
+                    accept_unsigned=self.accept_unsigned)
         await self.run_session(s, reader, writer)
 
     async def dial(self, pid):
@@ -224,7 +231,8 @@ class Daemon:
                 await self._sleep(backoff * (0.8 + 0.4 * random.random()))
                 backoff = min(BACKOFF_MAX, backoff * 2)
                 continue
-            s = Session(self.node, self.my_id, pid, live=True, recent=self.recent)
+            s = Session(self.node, self.my_id, pid, live=True, recent=self.recent,
+                    accept_unsigned=self.accept_unsigned)
             await self.run_session(s, reader, writer)
             if s.caught_up or s.stats["new"] or s.stats["sent_changes"]:
                 backoff = BACKOFF_MIN

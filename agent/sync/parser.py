@@ -29,6 +29,16 @@ def _add_skew(s):
                         "default %(default)s, or $MYCELIUM_MAX_SKEW")
 
 
+def _add_unsigned(s):
+    s.add_argument("--accept-unsigned", action="store_true",
+                   default=os.environ.get("MYCELIUM_ACCEPT_UNSIGNED", "") not in
+                   ("", "0", "no", "false"),
+                   help="also take changes that no signature vouches for: those written by "
+                        "versions before 0.2.0, while a fleet upgrades (a forged change is "
+                        "unsigned too: use it only for the upgrade); or "
+                        "$MYCELIUM_ACCEPT_UNSIGNED=1")
+
+
 def _lazy(name):
     def run(args):
         from . import commands
@@ -42,12 +52,14 @@ def register(subparsers) -> None:
                    help="where to accept peers (default %(default)s; port 0 picks a free "
                         "one and prints it)")
     _add_skew(s)
+    _add_unsigned(s)
     s.set_defaults(fn=_lazy("cmd_serve"))
     s = subparsers.add_parser("sync", help="catch up once with PEER (a device id or its start)")
     s.add_argument("peer")
     s.add_argument("--progress", action="store_true",
                    help="draw a progress bar on stderr even when it is not a terminal")
     _add_skew(s)
+    _add_unsigned(s)
     s.set_defaults(fn=_lazy("cmd_sync"))
     s = subparsers.add_parser("peer", help="add or list peers")
     psub = s.add_subparsers(dest="peer_cmd", metavar="ACTION")

@@ -102,3 +102,11 @@ def vv_int(vv: dict) -> dict:
 def behind(ours: dict, theirs: dict) -> int:
     """How many of our changes the holder of `theirs` lacks."""
     return sum(max(0, s - theirs.get(a, 0)) for a, s in ours.items())
+
+
+def note_refused(entry: dict, ev) -> None:
+    """Count in a peer's state.json entry the changes refused from it
+    (no signature vouched for them), with the last reason."""
+    entry["refused"] = entry.get("refused", 0) + ev.count
+    entry["last_refused"] = "%s: %s" % (time.strftime("%Y-%m-%d %H:%M:%S"), ev.reasons[0]
+                                        if ev.reasons else "")

@@ -44,17 +44,18 @@ from collections import deque
 
 from pybloom_live import BloomFilter
 
-from ..change import HASH_LEN, _blake, change_head, parse_change
+from ..change import HASH_LEN, _blake, chain_head, change_head, parse_change
 from ..fork import HEAD_HASH
 from ..codec import get_varint, put_varint
 from ..errors import MalformedChange, RemoteError
 from ..vector import Known
 from .frame import FrameReader, ProtocolError, encode_frame, MAX_DECODED
+from .signing import accept_unsigned_default, authenticate, decode_heads, encode_heads
 
 __all__ = ["PROTOCOL", "Session", "Recent", "HELLO", "CHANGES", "ACK", "IDLE", "HAVE", "BYE",
            "decode_known"]
 
-PROTOCOL = 3
+PROTOCOL = 4
 HELLO, CHANGES, ACK, IDLE, HAVE, BYE = 1, 2, 3, 4, 5, 6
 NAMES = {HELLO: "HELLO", CHANGES: "CHANGES", ACK: "ACK", IDLE: "IDLE", HAVE: "HAVE", BYE: "BYE"}
 BATCH_BYTES = 2 << 20          # raw change bytes per CHANGES batch (well under the frame cap)
@@ -96,12 +97,15 @@ class Check:
 class Merge:
     """The disk work a CHANGES batch asks for: Node.receive(changes), then
     Node.quarantine_raw for each of `odd` (changes whose body does not
-    parse), then Session.merged()."""
-    __slots__ = ("batch", "changes", "odd", "count", "size")
+    parse), keeping the signed heads in `used` (HeadStore.add), then
+    Session.merged(). `refused`: [(change, reason)] no valid signature
+    vouches for; they are not taken."""
+    __slots__ = ("batch", "changes", "odd", "count", "size", "refused", "used")
 
-    def __init__(self, batch, changes, odd, count, size):
+    def __init__(self, batch, changes, odd, count, size, refused=(), used=()):
         self.batch, self.changes, self.odd, self.count, self.size = \
             batch, changes, odd, count, size
+        self.refused, self.used = refused, used
 
 
 # -- events
@@ -142,6 +146,15 @@ class Pended(Event):
     def __init__(self, batch, held, quarantined, refused, reasons):
         self.batch, self.held, self.quarantined = batch, held, quarantined
         self.refused, self.reasons = refused, reasons
+
+
+class Refused(Event):
+    """Changes of a batch that no signature of their actor vouches for."""
+    __slots__ = ("batch", "count", "reasons")
+    kind = "refused"
+
+    def __init__(self, batch, count, reasons):
+        self.batch, self.count, self.reasons = batch, count, reasons
 
 
 class Forked(Event):
@@ -264,8 +277,11 @@ class Recent:
 class Session:
     def __init__(self, node, device_id: str, peer_id: str = None, *, live: bool = False,
                  recent: Recent = None, batch_bytes: int = BATCH_BYTES, window: int = WINDOW,
-                 use_bloom: bool = True):
+                 use_bloom: bool = True, accept_unsigned: bool = None):
         self.node = node
+        self.signer, self.head_store = sync_parts(node)
+        self.accept_unsigned = (accept_unsigned_default() if accept_unsigned is None
+                                else accept_unsigned)
         self.device_id = device_id
         self.expect_peer = peer_id
         self.live = live
@@ -300,7 +316,8 @@ class Session:
         self.stats = {"sent_changes": 0, "sent_batches": 0, "skipped": 0, "recv_changes": 0,
                       "new": 0, "dup": 0, "gap": 0, "wire_out": 0, "wire_in": 0,
                       "raw_out": 0, "raw_in": 0, "rewinds": 0, "held": 0, "quarantined": 0,
-                      "refused": 0, "not_taken": 0}
+                      "refused": 0, "not_taken": 0, "unsigned": 0, "forged": 0,
+                      "unvouched_sent": 0}
         self.recv_batch = 0
         self.last_heard = time.monotonic()
 
@@ -417,42 +434,69 @@ class Session:
         return queued
 
     def _one_batch(self) -> bool:
+        """One CHANGES batch: the changes the peer lacks, in log order, up to
+        the byte budget, and the signed heads that vouch for them. A run of
+        a relayed actor must end at a change this node holds a head for, so
+        past the budget the scan goes on (up to MAX_DECODED / 2) only to
+        close such runs; the next batch resumes at the first change left out."""
         model = self.model
-        picked = []          # (raw, actor, seq, prev)
-        size = 0
+        signer, store = self.signer, self.head_store
+        picked = []          # (raw, actor, seq, prev, prev_hash)
+        size = scanned = 0
         last = self.cursor
+        resume = None
+        open_runs = {}       # relayed actor -> seq of its last picked change, not at a head
+        budget, hard = self.batch_bytes, MAX_DECODED // 2
         log = self.node.log
-        for _, raw, last in log.entries(self.cursor, upto=log.durable_end()):
+        for pos, raw, end in log.entries(self.cursor, upto=log.durable_end()):
             try:
-                actor, seq, prev, _ = change_head(raw)
+                actor, seq, prev, ph = chain_head(raw)
             except MalformedChange:
+                if size < budget:
+                    last = end
+                elif resume is None:
+                    resume = pos
                 continue
-            if model.has(actor, seq):
+            cont = actor in open_runs and open_runs[actor] == prev
+            if size >= budget:
+                scanned += len(raw)
+                if not open_runs or scanned > hard:
+                    if resume is None:
+                        resume = pos
+                    break
+                if not cont:
+                    if resume is None:
+                        resume = pos
+                    continue
+            elif not cont and model.has(actor, seq):
+                last = end
                 continue
+            if resume is None:
+                last = end
             model.add(actor, seq, prev)
-            picked.append((raw, actor, seq, prev))
+            picked.append((raw, actor, seq, prev, ph))
             size += len(raw)
-            if size >= self.batch_bytes:
-                break
-        self.cursor = last
+            if ph is not None and actor in store.count and not signer.has(actor):
+                if store.get(actor, seq, raw[-HASH_LEN:]) is not None:
+                    open_runs.pop(actor, None)
+                else:
+                    open_runs[actor] = seq
+        self.cursor = resume if resume is not None else last
         if not picked:
             return False
-        bf = self.peer_bloom
+        keep, skipped = self._bloom_skip(picked)
+        heads = self._heads_for(keep)
         out = bytearray((CHANGES,))
         put_varint(out, self.next_batch)
-        keep = picked
-        skipped = 0
-        if bf is not None and self.use_bloom:
-            no_skip = self.no_skip
-            keep = [it for it in picked if it[1] in no_skip or it[0][-HASH_LEN:] not in bf]
-            skipped = len(picked) - len(keep)
         put_varint(out, len(keep))
         raw_bytes = 0
-        for raw, _, _, _ in keep:
+        for it in keep:
+            raw = it[0]
             n = len(raw) - HASH_LEN           # the hash is recomputed by the receiver
             put_varint(out, n)
             out += memoryview(raw)[:n]
             raw_bytes += n
+        encode_heads(out, heads)
         batch = self.next_batch
         self.next_batch += 1
         if skipped:
@@ -460,7 +504,7 @@ class Session:
             flags = [id(it) in sent_ids for it in picked]
         else:
             flags = [True] * len(picked)
-        self.in_flight[batch] = [(a, sq, pv, f) for (_, a, sq, pv), f in zip(picked, flags)]
+        self.in_flight[batch] = [(it[1], it[2], it[3], f) for it, f in zip(picked, flags)]
         wire = self._send(out)
         self.idle_sent = False
         self.caught_up = False
@@ -471,6 +515,55 @@ class Session:
         st["raw_out"] += raw_bytes
         self._events.append(Sent(batch, len(keep), skipped, raw_bytes, wire))
         return True
+
+    def _bloom_skip(self, picked):
+        """Leave out changes the peer's Bloom filter says it holds: for each
+        actor only its lowest ones, as a head vouches for a change through
+        the changes above it."""
+        bf = self.peer_bloom
+        if bf is None or not self.use_bloom:
+            return picked, 0
+        by = {}
+        for i, it in enumerate(picked):
+            if it[1] not in self.no_skip:
+                by.setdefault(it[1], []).append(i)
+        drop = set()
+        for idx in by.values():
+            idx.sort(key=lambda i: picked[i][2])
+            for i in idx:
+                if picked[i][0][-HASH_LEN:] not in bf:
+                    break
+                drop.add(i)
+        if not drop:
+            return picked, 0
+        return [it for i, it in enumerate(picked) if i not in drop], len(drop)
+
+    def _heads_for(self, keep):
+        """The signed heads the receiver needs: one for the top of each
+        actor's chain in the batch (and below any break in it). Own actors'
+        heads are signed here; relayed ones come from the HeadStore."""
+        by = {}
+        for it in keep:
+            if it[4] is not None:
+                by.setdefault(it[1], []).append(it)
+        heads = []
+        signer, store = self.signer, self.head_store
+        for actor, its in by.items():
+            its.sort(key=lambda it: it[2], reverse=True)
+            own = signer.has(actor)
+            anchored = None   # (seq, hash) the change above vouches for, if it is vouched for
+            for raw, _, sq, pv, ph in its:
+                h = raw[-HASH_LEN:]
+                ok = anchored == (sq, h)
+                if not ok:
+                    hd = signer.sign(actor, sq, h) if own else store.get(actor, sq, h)
+                    if hd is not None:
+                        heads.append(hd)
+                        ok = True
+                    else:
+                        self.stats["unvouched_sent"] += 1
+                anchored = (pv, ph) if ok else None
+        return heads
 
     # -- messages
 
@@ -601,11 +694,13 @@ class Session:
                     raise ProtocolError("a change in batch %d is not a change (%s)"
                                         % (batch, e)) from None
                 odd.append((head, raw, "%s: %s" % (type(e).__name__, e)))
+        heads, p = decode_heads(m, p)
         if p != len(m):
             raise ProtocolError("CHANGES has %d trailing bytes" % (len(m) - p))
         self.recv_batch = batch
         self.peer_idle = False
-        return Merge(batch, parsed, odd, n, size)
+        taken, refused, used = authenticate(parsed, heads, self.accept_unsigned)
+        return Merge(batch, taken, odd, n, size, refused, used)
 
     def merged(self, m, t, known) -> None:
         """The caller performed Merge m (Node.receive gave Taken t); known is
@@ -625,6 +720,11 @@ class Session:
         st["quarantined"] += t.quarantined
         st["refused"] += t.refused
         st["raw_in"] += m.size
+        if m.refused:
+            for c, why in m.refused:
+                st["unsigned" if c.prev_hash is None else "forged"] += 1
+            self._events.append(Refused(m.batch, len(m.refused),
+                                        sorted({why for _, why in m.refused})[:3]))
         out = bytearray((ACK,))
         put_varint(out, m.batch)
         known.encode(out)
@@ -741,6 +841,18 @@ class Session:
         self.node.advertised().encode(out)
         encode_bloom(out, self.recent.bloom() if self.use_bloom else None)
         self._send(out)
+
+
+def sync_parts(node):
+    """The node's Signer and HeadStore, made on first use (sync only: the
+    read and write paths never load a signing library)."""
+    parts = getattr(node, "_sync_parts", None)
+    if parts is None:
+        from .heads import HeadStore
+        from .signing import Signer
+        parts = (Signer(node.data_dir), HeadStore(node.data_dir, node.readonly))
+        node._sync_parts = parts
+    return parts
 
 
 def _varint(n):

@@ -62,6 +62,9 @@ def settle(session: Session, data) -> None:
             t = node.receive(m.changes)
             for head, raw, why in m.odd:
                 node.quarantine_raw(t, head, raw, why)
+            store = session.head_store
+            for head, count, nbytes, bottom in m.used:
+                store.add(head, count, nbytes, bottom)
             session.merged(m, t, node.advertised())
         acts = session.receive(b"")
 

@@ -1,12 +1,20 @@
 """Two sessions wired by in-memory byte queues."""
+from agent.codec import put_varint
 from agent.node import Node, init_identity
-from agent.sync.session import Session
+from agent.sync.frame import encode_frame
+from agent.sync.session import CHANGES, Session
+from agent.sync.signing import encode_heads
 from agent.sync.transport import settle
+
+
+MADE = []   # nodes make_node opened in the running test (conftest.py closes them)
 
 
 def make_node(path, **kw):
     init_identity(str(path))
-    return Node(str(path), **kw)
+    n = Node(str(path), **kw)
+    MADE.append(n)
+    return n
 
 
 def pair(a, b, **kw):
@@ -44,3 +52,16 @@ def run(sa, sb, rounds=10_000):
 
 def state(node):
     return dict(node.scan(""))
+
+
+def changes_frame(batch, raws, heads=()):
+    """A CHANGES frame as a peer would send it: raw changes (hash cut off)
+    and the signed heads (agent/sync/signing.py) given."""
+    out = bytearray((CHANGES,))
+    put_varint(out, batch)
+    put_varint(out, len(raws))
+    for raw in raws:
+        put_varint(out, len(raw) - 16)
+        out += raw[:-16]
+    encode_heads(out, list(heads))
+    return encode_frame(out)

@@ -132,7 +132,8 @@ def test_malformed_frames_from_a_known_peer_leave_the_daemon_serving(tmp_path):
         from agent.vector import Known
         k = Known()
         fake = types.SimpleNamespace(actor=0x1234567, vv={}, known=k, advertised=lambda: k,
-                                     heads_to_send=lambda: [], _holes_pending=False)
+                                     heads_to_send=lambda: [], _holes_pending=False,
+                                     data_dir=e, readonly=True)
 
         async def attack(data, close_after):
             reader, writer = await connect(host, int(port), client_context(e), ida)

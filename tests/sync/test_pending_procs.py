@@ -158,3 +158,50 @@ def test_two_legal_writes_that_merge_past_the_limit_do_not_stop_sync(tmp_path):
         assert [it["kind"] for it in items] == ["quarantined"]
         assert items[0]["why"].startswith("RecordTooLarge")
         assert os.listdir(os.path.join(d, "pending"))
+
+
+def test_a_pinned_peer_relaying_a_forged_change_gets_it_refused_and_reported(tmp_path):
+    """M holds X's real change and a change it made up under X's id (a
+    counter of 1,000,000). M's `sync` pushes both to B's `serve`: B takes the
+    real one, refuses the forged one, says so in its log, `stats` and
+    state.json, and later takes X's real change of that seq from X."""
+    from agent.change import build_change, parse_change
+    from agent.codec import varint
+    from agent.values import Inc
+    x, b, m = (str(tmp_path / n) for n in "xbm")
+    idx, idb, idm = init(x), init(b), init(m)
+    with Node(x) as nx, Node(m) as nm:
+        nx.put("c", {"n": Inc(5)})
+        run(*pair(nx, nm))
+        top = parse_change([r for _, r in nx.log.read()][-1])
+        total = b"\x00\x02\x00\x00" + varint(0) + varint(1_000_000) + varint(0)  # counter
+        forged = build_change(nx.actor, 2, top.hlc + 1, ["c"], ["n"], [nx.actor], 1, total,
+                              prev_hash=top.hash)
+        nm.merge_changes([forged])
+        assert nm.get("c") == {"n": 1_000_000}
+    srv = Serve(b)
+    try:
+        cmd(b, "peer", "add", idm, "127.0.0.1:9")
+        cmd(m, "peer", "add", idb, srv.addr)
+        p = cmd(m, "sync", idb[:7])
+        assert wait_for(lambda: "REFUSED" in srv.log(), 10), srv.log()
+    finally:
+        assert srv.stop() == 0
+    assert re.search(r"REFUSED 1 change\(s\) from %s .*not signed by its actor" % idm,
+                     srv.log()), srv.log()
+    assert _get(b, "c") == {"n": 5}
+    st = json.loads(cmd(b, "--json", "stats").stdout)
+    assert st["refused_changes"] == 1
+    with open(os.path.join(b, "sync", "state.json")) as f:
+        assert json.load(f)["peers"][idm]["refused"] == 1
+    with Node(x) as nx:
+        nx.put("c", {"n": Inc(1)})
+    srv = Serve(x)
+    try:
+        cmd(x, "peer", "add", idb, "127.0.0.1:9")
+        cmd(b, "peer", "add", idx, srv.addr)
+        p = cmd(b, "--json", "sync", idx[:7])
+        assert json.loads(p.stdout)["refused"] == 0
+    finally:
+        assert srv.stop() == 0
+    assert _get(b, "c") == {"n": 6}

@@ -6,7 +6,7 @@ from agent.sync.frame import FrameReader, ProtocolError
 from agent.values import Inc, Add
 from agent.change import parse_change
 
-from .helpers import make_node, pair, run, state
+from .helpers import changes_frame, make_node, pair, run, state
 from agent.sync.transport import settle
 
 
@@ -223,15 +223,8 @@ def test_a_change_after_a_gap_is_merged_and_the_gap_is_fetched(tmp_path):
     sa, sb = pair(a, b)
     settle(sa, sb.data_to_send())
     settle(sb, sa.data_to_send())
-    from agent.sync.frame import encode_frame
-    from agent.codec import put_varint
-    out = bytearray((CHANGES,))
-    put_varint(out, 1)
-    put_varint(out, 1)
-    body = raws[2][:-16]
-    put_varint(out, len(body))
-    out += body
-    settle(sb, encode_frame(out))
+    from agent.sync.signing import Signer
+    settle(sb, changes_frame(1, [raws[2]], [Signer(a.data_dir).sign(a.actor, 3, raws[2][-16:])]))
     # merged out of order: the ops are states, so order does not matter; the
     # two changes before it become a gap that b asks for
     assert not sb.closed and b.get("k2") == {"v": 2} and b.get("k0") is None
