@@ -22,8 +22,8 @@ from .codec import get_varint, put_varint, varint
 from .errors import MalformedChange
 
 __all__ = ["CHANGE_VERSION", "Change", "build_change", "build_change_raw", "parse_change",
-           "change_head", "chain_head", "HASH_LEN",
-           "NO_HASH"]
+           "change_head", "chain_head", "chain_offset",
+           "HASH_LEN", "NO_HASH"]
 
 CHANGE_VERSION = 3
 READ_VERSIONS = (1, 2, 3)
@@ -115,8 +115,8 @@ def change_head(raw, any_version: bool = False):
 
 
 def chain_head(raw):
-    """(actor, seq, prev, prev_hash) of a change's bytes without the full
-    parse; prev_hash is None for versions 1 and 2."""
+    """(actor, seq, prev, prev_hash, offset of prev_hash) of a change's
+    bytes without the full parse; prev_hash is None for versions 1 and 2."""
     v = raw[0] if len(raw) else 0
     if v not in READ_VERSIONS or len(raw) < 10:
         raise MalformedChange("not a change (version %d)" % v)
@@ -127,10 +127,23 @@ def chain_head(raw):
     if v >= 2:
         skip, p = get_varint(raw, p)
     if v >= 3:
-        ph = bytes(raw[p:p + HASH_LEN])
+        ph = raw[p:p + HASH_LEN]
     if skip >= seq or actor == 0:
         raise MalformedChange("change skips below seq 1, or its actor is zero")
-    return actor, seq, seq - 1 - skip, ph
+    return actor, seq, seq - 1 - skip, ph, p
+
+
+def chain_offset(raw):
+    """(offset, actor, seq, prev) of a version 3 change, offset being where
+    its 16-byte prev_hash starts (sync leaves prev_hash out when the change
+    before it travels in the same batch); None for another version."""
+    if len(raw) < 10 or raw[0] != 3:
+        return None
+    seq, p = get_varint(raw, 9)
+    skip, p = get_varint(raw, p)
+    if skip >= seq:
+        raise MalformedChange("change skips below seq 1")
+    return p, _u64.unpack_from(raw, 1)[0], seq, seq - 1 - skip
 
 
 def _strings(buf, p, what):

@@ -44,7 +44,7 @@ from collections import deque
 
 from pybloom_live import BloomFilter
 
-from ..change import HASH_LEN, _blake, chain_head, change_head, parse_change
+from ..change import HASH_LEN, _blake, chain_head, chain_offset, change_head, parse_change
 from ..fork import HEAD_HASH
 from ..codec import get_varint, put_varint
 from ..errors import MalformedChange, RemoteError
@@ -441,7 +441,7 @@ class Session:
         close such runs; the next batch resumes at the first change left out."""
         model = self.model
         signer, store = self.signer, self.head_store
-        picked = []          # (raw, actor, seq, prev, prev_hash)
+        picked = []          # (raw, actor, seq, prev, prev_hash, its offset)
         size = scanned = 0
         last = self.cursor
         resume = None
@@ -450,7 +450,7 @@ class Session:
         log = self.node.log
         for pos, raw, end in log.entries(self.cursor, upto=log.durable_end()):
             try:
-                actor, seq, prev, ph = chain_head(raw)
+                actor, seq, prev, ph, off = chain_head(raw)
             except MalformedChange:
                 if size < budget:
                     last = end
@@ -474,7 +474,7 @@ class Session:
             if resume is None:
                 last = end
             model.add(actor, seq, prev)
-            picked.append((raw, actor, seq, prev, ph))
+            picked.append((raw, actor, seq, prev, ph, off))
             size += len(raw)
             if ph is not None and actor in store.count and not signer.has(actor):
                 if store.get(actor, seq, raw[-HASH_LEN:]) is not None:
@@ -490,11 +490,19 @@ class Session:
         put_varint(out, self.next_batch)
         put_varint(out, len(keep))
         raw_bytes = 0
-        for it in keep:
-            raw = it[0]
+        last = {}    # actor -> (seq, hash) of its change sent just before in this batch
+        for raw, actor, seq, prev, ph, off in keep:
             n = len(raw) - HASH_LEN           # the hash is recomputed by the receiver
-            put_varint(out, n)
-            out += memoryview(raw)[:n]
+            lp = last.get(actor)
+            if ph is not None and lp is not None and lp[0] == prev and lp[1] == ph:
+                # and so is prev_hash: the hash of the change before it here
+                put_varint(out, (n - HASH_LEN) << 1 | 1)
+                out += memoryview(raw)[:off]
+                out += memoryview(raw)[off + HASH_LEN:n]
+            else:
+                put_varint(out, n << 1)
+                out += memoryview(raw)[:n]
+            last[actor] = (seq, raw[-HASH_LEN:])
             raw_bytes += n
         encode_heads(out, heads)
         batch = self.next_batch
@@ -552,7 +560,7 @@ class Session:
             its.sort(key=lambda it: it[2], reverse=True)
             own = signer.has(actor)
             anchored = None   # (seq, hash) the change above vouches for, if it is vouched for
-            for raw, _, sq, pv, ph in its:
+            for raw, _, sq, pv, ph, _ in its:
                 h = raw[-HASH_LEN:]
                 ok = anchored == (sq, h)
                 if not ok:
@@ -676,23 +684,39 @@ class Session:
             raise ProtocolError("CHANGES count %d runs past the message" % n)
         parsed, odd = [], []
         size = 0
+        last = {}    # actor -> (seq, hash) of its change just before in this batch
         for _ in range(n):
             ln, p = get_varint(m, p)
+            ln, cut = ln >> 1, ln & 1
             if p + ln > len(m):
                 raise ProtocolError("a change runs past the CHANGES message")
             body = m[p:p + ln]
             p += ln
-            size += ln
+            if cut:   # its prev_hash is the hash of the change before it here
+                got = chain_offset(body)
+                if got is None:
+                    raise ProtocolError("a change in batch %d without its prev_hash is not "
+                                        "of version 3" % batch)
+                off, actor, seq, prev = got
+                lp = last.get(actor)
+                if lp is None or lp[0] != prev:
+                    raise ProtocolError("a change in batch %d leaves out the hash of a change "
+                                        "that is not before it in the batch" % batch)
+                body = body[:off] + lp[1] + body[off:]
+            size += len(body)
             h = _blake(body, digest_size=HASH_LEN).digest()
             raw = body + h
             try:
-                parsed.append(parse_change(raw, check_hash=False))  # h was just computed
+                c = parse_change(raw, check_hash=False)  # h was just computed
+                parsed.append(c)
+                last[c.actor] = (c.seq, h)
             except MalformedChange as e:
                 try:
                     head = change_head(raw, any_version=True)
                 except MalformedChange:
                     raise ProtocolError("a change in batch %d is not a change (%s)"
                                         % (batch, e)) from None
+                last[head[0]] = (head[1], h)
                 odd.append((head, raw, "%s: %s" % (type(e).__name__, e)))
         heads, p = decode_heads(m, p)
         if p != len(m):

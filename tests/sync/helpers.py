@@ -61,7 +61,7 @@ def changes_frame(batch, raws, heads=()):
     put_varint(out, batch)
     put_varint(out, len(raws))
     for raw in raws:
-        put_varint(out, len(raw) - 16)
+        put_varint(out, (len(raw) - 16) << 1)   # prev_hash left in
         out += raw[:-16]
     encode_heads(out, list(heads))
     return encode_frame(out)

@@ -162,3 +162,47 @@ def test_a_directory_made_before_keys_moves_to_a_signed_actor(tmp_path):
     assert b.get("after") == {"v": 2} and b.get("before") is None and _refused(evs) == 1
     with open(os.path.join(d, "identity.json")) as f:
         assert "%016x" % old in json.load(f)["previous_actors"]
+
+
+def test_a_batch_leaves_out_prev_hash_only_where_the_change_before_is_in_it(tmp_path):
+    """On the wire a change's prev_hash is left out when the change before
+    it travels in the same batch (it is that change's hash): 16 of every
+    change's bytes. A peer that leaves it out otherwise is a ProtocolError
+    and nothing of its batch is applied."""
+    from agent.codec import put_varint
+    from agent.change import chain_offset
+    from agent.sync.frame import encode_frame
+    from agent.sync.session import CHANGES
+    from agent.codec import get_varint
+    from agent.sync.frame import FrameReader
+    x, b, d = (make_node(tmp_path / n) for n in "xbd")
+    for i in range(20):
+        x.put("k%d" % i, {"v": i})
+    sx, sb = _open(x, b)
+    sx.pump()
+    r = FrameReader()
+    r.feed(sx.data_to_send())
+    m = r.next()
+    assert m[0] == CHANGES
+    _, p = get_varint(m, 1)
+    n, p = get_varint(m, p)
+    cuts = []
+    for _ in range(n):
+        ln, p = get_varint(m, p)
+        cuts.append(ln & 1)
+        p += ln >> 1
+    assert n == 20 and cuts == [0] + [1] * 19   # 19 prev_hashes stay home
+    settle(sb, encode_frame(m))
+    assert state(b) == state(x) and sb.stats["forged"] == 0
+    raws = [c.raw for c in _real(x)]
+    off = chain_offset(raws[5])[0]
+    out = bytearray((CHANGES,))
+    put_varint(out, 1)
+    put_varint(out, 1)
+    body = raws[5][:off] + raws[5][off + 16:-16]
+    put_varint(out, len(body) << 1 | 1)      # "the change before is here": it is not
+    out += body
+    put_varint(out, 0)
+    _, sd = _open(x, d)
+    settle(sd, encode_frame(out))
+    assert sd.closed and "not before it in the batch" in str(sd.error) and d.get("k5") is None
