@@ -105,7 +105,9 @@ fi
 
 # static imports only (DESIGN.md), so following them finds everything; what
 # the agent never imports stays out. Nuitka also carries ~200 stdlib modules
-# nobody imports; the listed ones are dropped (a module named there cannot be
+# nobody imports; PyNaCl (imported only inside serve, sync and init, and
+# whose compiled _sodium loads _cffi_backend from C) is named outright; the
+# listed ones are dropped (a module named there cannot be
 # imported by the binary, so only ones the agent has no use for are listed),
 # and so are the CJK codec libraries (_codecs_cn, _jp, ...: removed below).
 t0=$(date +%s)
@@ -115,6 +117,7 @@ PYTHONPATH="$REPO" "$PYTHON" -m nuitka "$@" \
   --report="$REPO/build/nuitka-$MODE-$machine.report.xml" \
   --python-flag=no_site --python-flag=static_hashes --python-flag=safe_path \
   --include-package=agent \
+  --include-package=nacl --include-module=nacl._sodium --include-module=_cffi_backend \
   --include-data-files="$REPO/agent/core/crdt_core.wasm=agent/core/crdt_core.wasm" \
   --nofollow-import-to=zstandard.backend_cffi,pytest,hypothesis,_pytest,unittest,doctest,pydoc,tkinter,setuptools,distutils,pip,wasmtime,bench,tests \
   --nofollow-import-to=cgi,cgitb,chunk,crypt,ftplib,imaplib,imghdr,imp,mailcap,modulefinder,netrc,nturl2path,pickletools,pipes,poplib,pstats,pyclbr,rlcompleter,sndhdr,symtable,uu,webbrowser,xdrlib,__hello__,__phello__,_aix_support,_osx_support,_pydecimal,xmlrpc,lib2to3,idlelib,turtledemo,ensurepip,venv,curses,dbm \
