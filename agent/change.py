@@ -22,8 +22,8 @@ from .codec import get_varint, put_varint, varint
 from .errors import MalformedChange
 
 __all__ = ["CHANGE_VERSION", "Change", "build_change", "build_change_raw", "parse_change",
-           "change_head", "chain_head", "chain_offset",
-           "HASH_LEN", "NO_HASH"]
+           "change_head", "chain_head", "HASH_LEN",
+           "NO_HASH"]
 
 CHANGE_VERSION = 3
 READ_VERSIONS = (1, 2, 3)
@@ -93,11 +93,9 @@ def build_change_raw(actor_b: bytes, seq: int, prev: int, hlc: int, keys_t: byte
     return body + _blake(body, digest_size=HASH_LEN).digest()
 
 
-def change_head(raw, any_version: bool = False):
-    """(actor, seq, prev, hlc) of a change's bytes without the full parse.
-    any_version: read a version this build does not know as version 2 (later
-    versions keep this header, docs/FORMAT.md), so that such a change can be
-    quarantined under its own id."""
+def _prefix(raw, any_version=False):
+    """(version, actor, seq, prev, offset after skip): the header every
+    version shares, read without the full parse."""
     v = raw[0] if len(raw) else 0
     if not (v in READ_VERSIONS or (any_version and v > CHANGE_VERSION)) or len(raw) < 10:
         raise MalformedChange("not a change (version %d)" % v)
@@ -106,44 +104,30 @@ def change_head(raw, any_version: bool = False):
     skip = 0
     if v >= 2:
         skip, p = get_varint(raw, p)
+    if skip >= seq or actor == 0:
+        raise MalformedChange("change skips below seq 1, or its actor is zero")
+    return v, actor, seq, seq - 1 - skip, p
+
+
+def change_head(raw, any_version: bool = False):
+    """(actor, seq, prev, hlc) of a change's bytes without the full parse.
+    any_version: read a version this build does not know as version 3 (later
+    versions keep this header, docs/FORMAT.md), so that such a change can be
+    quarantined under its own id."""
+    v, actor, seq, prev, p = _prefix(raw, any_version)
     if v >= 3:
         p += HASH_LEN
     hlc, _ = get_varint(raw, p)
-    if skip >= seq or actor == 0:
-        raise MalformedChange("change skips below seq 1, or its actor is zero")
-    return actor, seq, seq - 1 - skip, hlc
+    return actor, seq, prev, hlc
 
 
 def chain_head(raw):
     """(actor, seq, prev, prev_hash, offset of prev_hash) of a change's
-    bytes without the full parse; prev_hash is None for versions 1 and 2."""
-    v = raw[0] if len(raw) else 0
-    if v not in READ_VERSIONS or len(raw) < 10:
-        raise MalformedChange("not a change (version %d)" % v)
-    actor = _u64.unpack_from(raw, 1)[0]
-    seq, p = get_varint(raw, 9)
-    skip = 0
-    ph = None
-    if v >= 2:
-        skip, p = get_varint(raw, p)
-    if v >= 3:
-        ph = raw[p:p + HASH_LEN]
-    if skip >= seq or actor == 0:
-        raise MalformedChange("change skips below seq 1, or its actor is zero")
-    return actor, seq, seq - 1 - skip, ph, p
-
-
-def chain_offset(raw):
-    """(offset, actor, seq, prev) of a version 3 change, offset being where
-    its 16-byte prev_hash starts (sync leaves prev_hash out when the change
-    before it travels in the same batch); None for another version."""
-    if len(raw) < 10 or raw[0] != 3:
-        return None
-    seq, p = get_varint(raw, 9)
-    skip, p = get_varint(raw, p)
-    if skip >= seq:
-        raise MalformedChange("change skips below seq 1")
-    return p, _u64.unpack_from(raw, 1)[0], seq, seq - 1 - skip
+    bytes without the full parse; prev_hash is None for versions 1 and 2.
+    Sync leaves prev_hash out on the wire when the change before travels
+    in the same batch: the offset says where it goes back."""
+    v, actor, seq, prev, p = _prefix(raw)
+    return actor, seq, prev, (raw[p:p + HASH_LEN] if v >= 3 else None), p
 
 
 def _strings(buf, p, what):

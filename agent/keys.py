@@ -21,6 +21,7 @@ import os
 import struct
 
 from . import fs
+from .change import _blake
 from .errors import StoreCorrupt
 
 __all__ = ["KEY_FILE", "actor_of", "new_actor_key", "load_keys", "head_message"]
@@ -30,12 +31,6 @@ _PERSON = b"mycelium-actor"
 _u64 = struct.Struct("<Q")
 FIX = ("Restore it from a backup of this data directory. Without it this device cannot "
        "sign its changes; moving it away makes `serve` give the device a fresh actor id")
-
-try:
-    from _blake2 import blake2b as _blake
-except ImportError:  # pragma: no cover
-    from hashlib import blake2b as _blake
-
 
 def actor_of(pub: bytes) -> int:
     """The actor id of an Ed25519 public key (32 bytes)."""

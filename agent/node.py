@@ -805,9 +805,6 @@ class Node(Recovery, Forks):
         if self._closed:
             return
         self._closed = True
-        parts = getattr(self, "_sync_parts", None)   # agent/sync/session.py: sync_parts
-        if parts is not None:
-            parts[1].close()
         err = None
         try:
             if not self.readonly:

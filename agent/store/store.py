@@ -304,7 +304,10 @@ class Store:
             ok, out = self._attempt(fn, args, state)
             if ok:
                 return out
-        raise StoreLocked("the writer of %s keeps the store busy; try again" % self.dir)
+        raise self._busy()
+
+    def _busy(self):
+        return StoreLocked("the writer of %s keeps the store busy; try again" % self.dir)
 
     def _attempt(self, fn, args, state):
         """One try of a read under the live writer's seqlock: (True, result),
@@ -592,8 +595,7 @@ class Store:
             else:
                 step = max(step // 2, 8)
                 if time.monotonic() > deadline:
-                    raise StoreLocked("the writer of %s keeps the store busy; try again"
-                                      % self.dir)
+                    raise self._busy()
         return heapq.nsmallest(limit, found) if limit else sorted(found)
 
     def _scan_run(self, prefix, lo, hi):

@@ -3,7 +3,7 @@ they vouch for (docs/SYNC.md, "Signed heads"). A relayed change can only be
 sent with a head at or above it on its actor's chain, so a sender ends each
 relayed actor's run in a batch at a change it holds a head for.
 
-File `sync/heads` (docs/FORMAT.md): fixed records of 134 bytes, appended,
+File `sync/heads` (docs/FORMAT.md): fixed records of 133 bytes, appended,
 
     u8 kind (1 keep, 2 drop), u64 actor, u64 seq, 16 hash, 32 public key, 64 signature,
     u32 crc32 of the bytes before it (a drop record leaves hash, key and signature zero)
@@ -44,7 +44,6 @@ class HeadStore:
         self.top = {}        # actor -> [seq, count, bytes] of its highest kept head's run
         self.count = {}      # actor -> heads kept (an actor never vouched for is not in it)
         self.dropped = 0
-        self._f = None
         self._load()
 
     def __len__(self):
@@ -110,26 +109,19 @@ class HeadStore:
         return body + _crc.pack(zlib.crc32(body))
 
     def _append(self, data):
+        """Once per batch (and actor): opened each time, so that nothing of
+        the sync layer stays open in the node."""
         try:
-            if self._f is None:
-                fs.mkdir(os.path.dirname(self.path))
-                self._f = open(self.path, "ab", buffering=0)
-            self._f.write(data)
-        except OSError:
-            self._f = None  # a full disk: the heads are kept in memory, the next append retries
+            fs.mkdir(os.path.dirname(self.path))
+            with open(self.path, "ab", buffering=0) as f:
+                f.write(data)
+        except (OSError, fs.StoreError):
+            pass  # a full disk: the heads are kept in memory; a lost record costs a relay
 
     def _rewrite(self):
         data = b"".join(self._record(KEEP, h) for h in self.heads.values())
         try:
             fs.atomic_write(self.path, data)
-        except Exception:
+        except Exception:  # noqa: BLE001 - a full disk: rewritten another time
             return
-        if self._f is not None:
-            self._f.close()
-            self._f = None
         self.dropped = 0
-
-    def close(self):
-        if self._f is not None:
-            self._f.close()
-            self._f = None

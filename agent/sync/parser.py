@@ -29,10 +29,14 @@ def _add_skew(s):
                         "default %(default)s, or $MYCELIUM_MAX_SKEW")
 
 
+def accept_unsigned_default() -> bool:
+    """$MYCELIUM_ACCEPT_UNSIGNED: the default of --accept-unsigned."""
+    return os.environ.get("MYCELIUM_ACCEPT_UNSIGNED", "") not in ("", "0", "no", "false")
+
+
 def _add_unsigned(s):
     s.add_argument("--accept-unsigned", action="store_true",
-                   default=os.environ.get("MYCELIUM_ACCEPT_UNSIGNED", "") not in
-                   ("", "0", "no", "false"),
+                   default=accept_unsigned_default(),
                    help="also take changes that no signature vouches for: those written by "
                         "versions before 0.2.0, while a fleet upgrades (a forged change is "
                         "unsigned too: use it only for the upgrade); or "

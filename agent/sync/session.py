@@ -44,13 +44,14 @@ from collections import deque
 
 from pybloom_live import BloomFilter
 
-from ..change import HASH_LEN, _blake, chain_head, chain_offset, change_head, parse_change
+from ..change import HASH_LEN, _blake, chain_head, change_head, parse_change
 from ..fork import HEAD_HASH
 from ..codec import get_varint, put_varint
 from ..errors import MalformedChange, RemoteError
 from ..vector import Known
 from .frame import FrameReader, ProtocolError, encode_frame, MAX_DECODED
-from .signing import accept_unsigned_default, authenticate, decode_heads, encode_heads
+from .parser import accept_unsigned_default
+from .signing import authenticate, decode_heads, encode_heads
 
 __all__ = ["PROTOCOL", "Session", "Recent", "HELLO", "CHANGES", "ACK", "IDLE", "HAVE", "BYE",
            "decode_known"]
@@ -693,11 +694,10 @@ class Session:
             body = m[p:p + ln]
             p += ln
             if cut:   # its prev_hash is the hash of the change before it here
-                got = chain_offset(body)
-                if got is None:
+                actor, seq, prev, ph, off = chain_head(body)
+                if ph is None:
                     raise ProtocolError("a change in batch %d without its prev_hash is not "
                                         "of version 3" % batch)
-                off, actor, seq, prev = got
                 lp = last.get(actor)
                 if lp is None or lp[0] != prev:
                     raise ProtocolError("a change in batch %d leaves out the hash of a change "

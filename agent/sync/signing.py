@@ -20,24 +20,20 @@ Changes of versions 1 and 2 (written before chains existed) cannot be
 vouched for; they are refused unless the operator allows unsigned changes
 (`--accept-unsigned`, MYCELIUM_ACCEPT_UNSIGNED=1) while a fleet upgrades.
 """
-import os
 import struct
 
+from ..change import HASH_LEN
 from ..codec import get_varint, put_varint
 from ..keys import actor_of, head_message, load_keys
 from .frame import ProtocolError
 
 __all__ = ["Signer", "Head", "authenticate", "encode_heads", "decode_heads", "MAX_HEADS",
-           "accept_unsigned_default", "adopt_signed_actor"]
+           "adopt_signed_actor"]
 
-PUB_LEN, SIG_LEN, HASH_LEN = 32, 64, 16
+PUB_LEN, SIG_LEN = 32, 64
 HEAD_MIN = 8 + 1 + HASH_LEN + PUB_LEN + SIG_LEN
 MAX_HEADS = 1 << 16
 _u64 = struct.Struct("<Q")
-
-
-def accept_unsigned_default() -> bool:
-    return os.environ.get("MYCELIUM_ACCEPT_UNSIGNED", "") not in ("", "0", "no", "false")
 
 
 class Head:
