@@ -123,6 +123,14 @@ def decode_record(blob, field_names, with_kinds=False):
                 out[name] = [v for _, v in vals]
                 kinds[name] = "mv"
         else:
+            if blob[0] >= 2:   # version 2: the set's chains come first
+                nc, p = gv(blob, p)
+                for _ in range(nc):
+                    for _ in range(3):
+                        p = p + 1 if blob[p] < 0x80 else gv(blob, p)[1]
+                    nl, p = gv(blob, p)
+                    for _ in range(2 * nl):
+                        p = p + 1 if blob[p] < 0x80 else gv(blob, p)[1]
             cnt, p = gv(blob, p)
             elems = []
             for _ in range(cnt):

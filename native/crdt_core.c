@@ -29,6 +29,9 @@ typedef unsigned long usize;
 #define T_ELEM 4
 #define T_ENT 5
 #define T_INV 6
+#define T_CHAIN 7 /* set field: an actor's chain, a = actor, x = B, y = T */
+#define T_LINK 8  /* chain: a waiting link, a = s, b = p */
+#define T_PREV 9  /* chain: the prev resolved for a 0x84 stamped a (x) */
 
 /* ------------------------------------------------------------ libc bits */
 
@@ -320,7 +323,8 @@ static int cmp_val(Val a, Val b) {
 typedef struct Node Node;
 struct Node {
     Node *next;   /* sibling list */
-    Node *kids;   /* record: fields; field: entries/elements; elem: entries */
+    Node *kids;   /* record: fields; field: entries/elements/chains; elem: entries;
+                     chain: links and resolved prevs */
     Node *parent; /* hash key part */
     u64 a;        /* key: field id, actor, inv actor */
     u64 b;        /* key: counter since */
@@ -534,15 +538,15 @@ static u64 val_key(Val v) {
     return k;
 }
 
-/* live children of n, sorted by (a, b) or by value bytes */
-static Node **live_sorted(Node *n, u32 *cnt, int byval) {
+/* live children of n of type t, sorted by (a, b) or by value bytes */
+static Node **live_sorted(Node *n, u32 *cnt, int byval, u8 t) {
     u32 k = 0;
     for (Node *e = n->kids; e; e = e->next)
-        k += !e->removed;
+        k += !e->removed && e->t == t;
     SK *s = xalloc(k * sizeof(SK) + 8);
     k = 0;
     for (Node *e = n->kids; e; e = e->next)
-        if (!e->removed) {
+        if (!e->removed && e->t == t) {
             s[k].k1 = byval ? val_key(e->v) : e->a;
             s[k].k2 = byval ? 0 : e->b;
             s[k].n = e;
@@ -582,7 +586,8 @@ static void decode_blob(Rec *r, const u8 *blob, u32 len) {
     if (len == 0)
         return;
     Rd rd = {blob, blob + len};
-    if (blob[0] != 1) {
+    u8 version = blob[0];
+    if (version != 2 && version != 1) {
         BAD("record blob version is not supported");
         return;
     }
@@ -647,6 +652,38 @@ static void decode_blob(Rec *r, const u8 *blob, u32 len) {
             }
             continue;
         }
+        int made;
+#ifndef NO_SET
+        if (kind == SET && version >= 2) {
+            /* chains: chains[a] = [b, t, links] replaces a duplicate */
+            u64 nc = rd_var(&rd);
+            if (ERR)
+                return;
+            if (nc > left(&rd)) {
+                BAD("truncated blob");
+                return;
+            }
+            for (u64 j = 0; j < nc && !ERR; j++) {
+                u64 a = rd_var(&rd), b = rd_ref(&rd), t = rd_ref(&rd), nl = rd_var(&rd);
+                if (ERR)
+                    return;
+                if (nl > left(&rd)) {
+                    BAD("truncated blob");
+                    return;
+                }
+                Node *ch = child(T_CHAIN, f, a, 0, NOVAL, &made);
+                kill_kids(ch);
+                ch->x = b;
+                ch->y = t;
+                for (u64 k = 0; k < nl && !ERR; k++) {
+                    u64 ls = rd_ref(&rd), lp = rd_ref(&rd);
+                    if (ERR)
+                        return;
+                    child(T_LINK, ch, ls, lp, NOVAL, &made);
+                }
+            }
+        }
+#endif
         u64 cnt = rd_var(&rd);
         if (ERR)
             return;
@@ -654,7 +691,6 @@ static void decode_blob(Rec *r, const u8 *blob, u32 len) {
             BAD("truncated blob");
             return;
         }
-        int made;
         for (u64 j = 0; j < cnt && !ERR; j++) {
 #ifndef NO_COUNTER
             if (kind == CTR) {
@@ -727,9 +763,52 @@ static u64 ref_of(u64 s) {
     return lo + 1;
 }
 
+#ifndef NO_SET
+/* chain of actor a in set field f, or 0 */
+static Node *chain_get(Node *f, u64 a) { return lookup(T_CHAIN, f, a, 0, NOVAL); }
+
+static int has_links(Node *ch) {
+    for (Node *l = ch->kids; l; l = l->next)
+        if (!l->removed && l->t == T_LINK)
+            return 1;
+    return 0;
+}
+
+/* reference _normal_set: live entries keep their add, dead ones their rem
+ * unless D or the actor's chain covers it; empty elements and chains go */
+static void normal_set(Node *f, u64 D) {
+    for (Node *el = f->kids; el; el = el->next) {
+        if (el->removed || el->t != T_ELEM)
+            continue;
+        int any = 0;
+        for (Node *e = el->kids; e; e = e->next) {
+            if (e->removed)
+                continue;
+            if (e->x > e->y) {
+                e->y = 0;
+                any = 1;
+                continue;
+            }
+            e->x = 0;
+            u64 rm = e->y;
+            Node *ch = chain_get(f, e->a);
+            if (rm <= D || (ch && ch->y && ch->x <= rm && rm < ch->y))
+                e->removed = 1;
+            else
+                any = 1;
+        }
+        if (!any)
+            el->removed = 1;
+    }
+    for (Node *ch = f->kids; ch; ch = ch->next)
+        if (!ch->removed && ch->t == T_CHAIN && !ch->y && !has_links(ch))
+            ch->removed = 1;
+}
+#endif
+
 static void encode_blob(Rec *r, Buf *out) {
     u32 nf;
-    Node **fs = live_sorted(r->node, &nf, 0);
+    Node **fs = live_sorted(r->node, &nf, 0, T_FIELD);
     if (!nf && !r->dead) {
         put_byte(out, 0);
         return;
@@ -743,6 +822,10 @@ static void encode_blob(Rec *r, Buf *out) {
                 vec_push(&st, f->x);
             continue;
         }
+#ifndef NO_SET
+        if (f->kind == SET)
+            normal_set(f, r->dead);
+#endif
         for (Node *e = f->kids; e; e = e->next) {
             if (e->removed)
                 continue;
@@ -751,6 +834,15 @@ static void encode_blob(Rec *r, Buf *out) {
             else if (f->kind == MV) {
                 vec_push(&st, e->x);
                 vec_push(&st, e->y);
+            } else if (e->t == T_CHAIN) {
+                vec_push(&st, e->x);
+                vec_push(&st, e->y);
+                for (Node *g = e->kids; g; g = g->next) {
+                    if (g->removed || g->t != T_LINK)
+                        continue;
+                    vec_push(&st, g->a);
+                    vec_push(&st, g->b);
+                }
             } else {
                 for (Node *g = e->kids; g; g = g->next) {
                     if (g->removed)
@@ -783,7 +875,7 @@ static void encode_blob(Rec *r, Buf *out) {
     buf_need(out, 5);
     u32 at = out->n;
     out->n += 5;
-    put_byte(out, 1);
+    put_byte(out, 2); /* blob version */
     put_var(out, k);
     for (u32 i = 0; i < k; i++) {
         buf_need(out, 8);
@@ -807,7 +899,26 @@ static void encode_blob(Rec *r, Buf *out) {
             continue;
         }
         u32 n;
-        Node **es = live_sorted(f, &n, f->kind == SET);
+        Node **es;
+        if (f->kind == SET) {
+            es = live_sorted(f, &n, 0, T_CHAIN);
+            put_var(out, n);
+            for (u32 j = 0; j < n; j++) {
+                Node *ch = es[j];
+                u32 m;
+                Node **ls = live_sorted(ch, &m, 0, T_LINK);
+                put_var(out, ch->a);
+                put_var(out, ref_of(ch->x));
+                put_var(out, ref_of(ch->y));
+                put_var(out, m);
+                for (u32 q = 0; q < m; q++) {
+                    put_var(out, ref_of(ls[q]->a));
+                    put_var(out, ref_of(ls[q]->b));
+                }
+            }
+        }
+        es = live_sorted(f, &n, f->kind == SET,
+                         f->kind == CTR ? T_CTR : f->kind == MV ? T_MV : T_ELEM);
         put_var(out, n);
         for (u32 j = 0; j < n; j++) {
             Node *e = es[j];
@@ -825,7 +936,7 @@ static void encode_blob(Rec *r, Buf *out) {
             } else {
                 put_bytes(out, e->v.p, e->v.n);
                 u32 m;
-                Node **gs = live_sorted(e, &m, 0);
+                Node **gs = live_sorted(e, &m, 0, T_ENT);
                 put_var(out, m);
                 for (u32 q = 0; q < m; q++) {
                     put_var(out, gs[q]->a);
@@ -878,7 +989,7 @@ static void do_delete(Rec *r, u64 h) {
                     e->y = 0;
                 if (!e->x && !e->y)
                     e->removed = 1;
-            } else {
+            } else if (e->t == T_ELEM) {
                 int any = 0;
                 for (Node *g = e->kids; g; g = g->next) {
                     if (g->removed)
@@ -1001,6 +1112,77 @@ static void do_add(Rec *r, u64 fid, u64 h, u64 a, Val v) {
         e->x = h;
 }
 
+/* reference _link: join the link (s, p) to actor a's chain in field f */
+static void link_chain(Node *f, u64 a, u64 s, u64 p) {
+    int made;
+    Node *ch = child(T_CHAIN, f, a, 0, NOVAL, &made);
+    if (p == 0) {
+        if (!ch->x || s < ch->x)
+            ch->x = s;
+        if (s > ch->y)
+            ch->y = s;
+    } else if (ch->y && p <= ch->y) {
+        if (s > ch->y)
+            ch->y = s;
+    } else {
+        child(T_LINK, ch, s, p, NOVAL, &made);
+        return;
+    }
+    /* absorb waiting links that now connect, until none does (the result
+     * is the same fixed point as the reference's rounds) */
+    for (int any = 1; any;) {
+        any = 0;
+        for (Node *l = ch->kids; l; l = l->next)
+            if (!l->removed && l->t == T_LINK && l->b <= ch->y) {
+                l->removed = 1;
+                if (l->a > ch->y)
+                    ch->y = l->a;
+                any = 1;
+            }
+    }
+}
+
+/* reference _prev: the greatest stamp in a's chain of field f (T and the
+ * waiting links), 0 if none; a local add must be stamped above it */
+static u64 prev_of(Node *f, u64 a, u64 h) {
+    if (!f || f->kind != SET)
+        return 0;
+    Node *ch = chain_get(f, a);
+    if (!ch)
+        return 0;
+    u64 best = ch->y;
+    for (Node *l = ch->kids; l; l = l->next)
+        if (!l->removed && l->t == T_LINK && l->a > best)
+            best = l->a;
+    if (best >= h)
+        BAD("a local add must be stamped above the actor's earlier adds");
+    return best;
+}
+
+/* op 7: an add that carries the stamp of its actor's previous add */
+static void do_add_chained(Rec *r, u64 fid, u64 h, u64 a, u64 prev, Val v) {
+    if (prev >= h) {
+        BAD("set add: prev must be below the stamp");
+        return;
+    }
+    Node *f = field_for(r, fid, SET);
+    if (!f)
+        return;
+    Node *ch = chain_get(f, a);
+    int covered = ch && ch->y && ch->x <= h && h < ch->y;
+    link_chain(f, a, h, prev);
+    if (covered || h <= r->dead)
+        return;
+    int made;
+    Node *el = child(T_ELEM, f, 0, 0, v, &made);
+    Node *e = child(T_ENT, el, a, 0, NOVAL, &made);
+    if (made) {
+        e->x = h;
+        e->y = 0;
+    } else if (h > e->x)
+        e->x = h;
+}
+
 static void do_rem(Rec *r, u64 fid, Val v, Pair *ctx, u32 nctx) {
     Node *f = field_for(r, fid, SET);
     if (!f)
@@ -1094,7 +1276,7 @@ static Pair *rd_ctx(Rd *r, u32 *n) {
 /* entries with w > c (mv) or add > rem (set), sorted by actor */
 static Pair *visible(Node *n, u32 *cnt) {
     u32 k;
-    Node **a = live_sorted(n, &k, 0);
+    Node **a = live_sorted(n, &k, 0, n->t == T_ELEM ? T_ENT : T_MV);
     Pair *ctx = xalloc(k * sizeof(Pair) + 8);
     u32 m = 0;
     for (u32 i = 0; i < k; i++)
@@ -1121,6 +1303,18 @@ static void emit_ctx(Buf *o, Pair *ctx, u32 n) {
     }
 }
 #endif
+
+/* a local intent's actor index: in the change's actor map */
+static NOINLINE int rd_local_actor(Rd *rd, u64 *ai) {
+    *ai = rd_var(rd);
+    if (ERR)
+        return 0;
+    if (*ai >= g_amap.n) {
+        BAD("actor index out of range");
+        return 0;
+    }
+    return 1;
+}
 
 static Buf g_out;
 
@@ -1199,6 +1393,17 @@ static NOINLINE void ops_loop(Rd *rdp, Rec *recs, const u64 *kmap, u64 nkeys, u6
                 return;
             do_add(r, fid, h, a, v);
             break;
+        case 7:
+            fid = rd_fld(&rd);
+            h = rd_stamp(&rd);
+            a = rd_act(&rd);
+            p = rd_var(&rd); /* on the wire: stamp - prev, 0 for none */
+            v = rd_val(&rd);
+            if (ERR)
+                return;
+            p = p == 0 ? 0 : p < h ? h - p : h; /* h: refused below */
+            do_add_chained(r, fid, h, a, p, v);
+            break;
         case 5: {
             fid = rd_fld(&rd);
             v = rd_val(&rd);
@@ -1210,7 +1415,7 @@ static NOINLINE void ops_loop(Rd *rdp, Rec *recs, const u64 *kmap, u64 nkeys, u6
         }
 #endif
         default:
-            if (local && (code == 0x82 || code == 0x83 || code == 0x85)) {
+            if (local && (code == 0x82 || code == 0x83 || code == 0x84 || code == 0x85)) {
                 u64 fi = rd_var(&rd);
                 if (ERR)
                     return;
@@ -1221,13 +1426,9 @@ static NOINLINE void ops_loop(Rd *rdp, Rec *recs, const u64 *kmap, u64 nkeys, u6
                 fid = g_fmap[fi];
 #ifndef NO_COUNTER
                 if (code == 0x82) {
-                    u64 ai = rd_var(&rd);
-                    if (ERR)
+                    u64 ai;
+                    if (!rd_local_actor(&rd, &ai))
                         return;
-                    if (ai >= g_amap.n) {
-                        BAD("actor index out of range");
-                        return;
-                    }
                     a = g_amap.p[ai];
                     u64 z = rd_var(&rd);
                     if (ERR)
@@ -1276,13 +1477,9 @@ static NOINLINE void ops_loop(Rd *rdp, Rec *recs, const u64 *kmap, u64 nkeys, u6
 #ifndef NO_MV
                 if (code == 0x83) {
                     h = rd_stamp(&rd);
-                    u64 ai = rd_var(&rd);
-                    if (ERR)
+                    u64 ai;
+                    if (!rd_local_actor(&rd, &ai))
                         return;
-                    if (ai >= g_amap.n) {
-                        BAD("actor index out of range");
-                        return;
-                    }
                     a = g_amap.p[ai];
                     v = rd_val(&rd);
                     if (ERR)
@@ -1309,6 +1506,47 @@ static NOINLINE void ops_loop(Rd *rdp, Rec *recs, const u64 *kmap, u64 nkeys, u6
                 }
 #endif
 #ifndef NO_SET
+                if (code == 0x84) {
+                    h = rd_stamp(&rd);
+                    u64 ai;
+                    if (!rd_local_actor(&rd, &ai))
+                        return;
+                    a = g_amap.p[ai];
+                    v = rd_val(&rd);
+                    if (ERR)
+                        return;
+                    /* adds of one change to one field share prev: the first
+                     * resolution for (record, field, actor, stamp) is kept in
+                     * a T_PREV node under the chain (which exists, in a set
+                     * field that stays one, after the first add) */
+                    Node *f = field_get(r, fid);
+                    Node *ch = f && f->kind == SET ? chain_get(f, a) : 0;
+                    Node *c = ch ? lookup(T_PREV, ch, h, 0, NOVAL) : 0;
+                    if (c) {
+                        p = c->x;
+                    } else {
+                        p = prev_of(f, a, h);
+                        if (ERR)
+                            return;
+                    }
+                    do_add_chained(r, fid, h, a, p, v);
+                    if (ERR)
+                        return;
+                    if (!c) {
+                        int made;
+                        ch = chain_get(field_get(r, fid), a);
+                        c = child(T_PREV, ch, h, 0, NOVAL, &made);
+                        c->x = p;
+                    }
+                    put_var(&ops, k);
+                    put_byte(&ops, 7);
+                    put_var(&ops, fi);
+                    put_var(&ops, h);
+                    put_var(&ops, ai);
+                    put_var(&ops, p ? h - p : 0);
+                    put_bytes(&ops, v.p, v.n);
+                    continue;
+                }
                 if (code == 0x85) {
                     v = rd_val(&rd);
                     if (ERR)
@@ -1330,7 +1568,7 @@ static NOINLINE void ops_loop(Rd *rdp, Rec *recs, const u64 *kmap, u64 nkeys, u6
                     continue;
                 }
 #else
-                if (code == 0x85) {
+                if (code == 0x84 || code == 0x85) {
                     fail(ST_KIND, "kind not built in: set");
                     return;
                 }
@@ -1350,7 +1588,7 @@ static NOINLINE void ops_loop(Rd *rdp, Rec *recs, const u64 *kmap, u64 nkeys, u6
             }
 #endif
 #ifdef NO_SET
-            if (code == 4 || code == 5) {
+            if (code == 4 || code == 5 || code == 7) {
                 fail(ST_KIND, "kind not built in: set");
                 return;
             }

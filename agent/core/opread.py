@@ -1,7 +1,7 @@
 """Read the ops of a change back into words (for `mycelium watch` and
 debugging). The engines do the real parsing; this is for people."""
 from ..codec import get_varint, decode_value
-from .reference import OP_LWW, OP_CTR, OP_MV, OP_ADD, OP_REM, OP_DEL
+from .reference import OP_LWW, OP_CTR, OP_MV, OP_ADD, OP_REM, OP_DEL, OP_ADDC
 
 
 def describe(change):
@@ -41,8 +41,10 @@ def describe(change):
         elif code == OP_MV:
             var(); var(); v = val(); ctx()
             yield key, "%s |= %r" % (f, v)
-        elif code == OP_ADD:
+        elif code == OP_ADD or code == OP_ADDC:
             var(); var()
+            if code == OP_ADDC:
+                var()
             yield key, "%s[] += %r" % (f, val())
         elif code == OP_REM:
             v = val(); ctx()

@@ -7,7 +7,8 @@ Two entry points, each one call per batch (docs/FORMAT.md, "Core batch"):
 
 Rules are in docs/SEMANTICS.md. Within a record, every stamp at or below the
 record's delete stamp D is zeroed; what is left is a pointwise maximum, so
-merge is commutative, associative and idempotent.
+merge is commutative, associative and idempotent. A set field also keeps a
+chain per actor (its causal context), so removed elements can be forgotten.
 """
 import struct
 
@@ -18,19 +19,19 @@ __all__ = ["apply", "merge", "decode_blob", "encode_blob", "Rec",
            "LWW", "CTR", "MV", "SET"]
 
 BATCH_VERSION = 1
-BLOB_VERSION = 1
+BLOB_VERSION = 2   # version 1 (no set chains) is still read
 LWW, CTR, MV, SET = 1, 2, 3, 4
-OP_LWW, OP_CTR, OP_MV, OP_ADD, OP_REM, OP_DEL = 1, 2, 3, 4, 5, 6
-OP_INC, OP_MVW, OP_RMV = 0x82, 0x83, 0x85
-_KIND_OF = {OP_LWW: LWW, OP_CTR: CTR, OP_MV: MV, OP_ADD: SET, OP_REM: SET,
-            OP_INC: CTR, OP_MVW: MV, OP_RMV: SET}
+OP_LWW, OP_CTR, OP_MV, OP_ADD, OP_REM, OP_DEL, OP_ADDC = 1, 2, 3, 4, 5, 6, 7
+OP_INC, OP_MVW, OP_ADDI, OP_RMV = 0x82, 0x83, 0x84, 0x85
 _u64s = struct.Struct("<Q")
 
 
 class Rec:
     """A decoded record. fields: {field_id: [kind, state]} where state is
     LWW: [hlc, actor, value_bytes] or None   CTR: {(actor, since): [p, n]}
-    MV: {actor: [w, c, value_bytes_or_None]} SET: {value_bytes: {actor: [add, rem]}}
+    MV: {actor: [w, c, value_bytes_or_None]}
+    SET: [chains, elems] with chains {actor: [B, T, {(s, p), ...}]} and
+         elems {value_bytes: {actor: [add, rem]}} (docs/SEMANTICS.md, "Sets")
     """
     __slots__ = ("dead", "fields")
 
@@ -40,7 +41,7 @@ class Rec:
 
 
 def _empty(kind):
-    return None if kind == LWW else {}
+    return None if kind == LWW else [{}, {}] if kind == SET else {}
 
 
 # ---------------------------------------------------------------- blobs
@@ -55,8 +56,9 @@ def decode_blob(blob) -> Rec:
     r = Rec()
     if len(blob) == 0:
         return r
-    if blob[0] != BLOB_VERSION:
-        raise MalformedChange("record blob version %d is not supported" % blob[0])
+    version = blob[0]
+    if version != BLOB_VERSION and version != 1:
+        raise MalformedChange("record blob version %d is not supported" % version)
     n, p = get_varint(blob, 1)
     if p + 8 * n > len(blob):
         raise MalformedChange("blob stamp table runs past the end")
@@ -105,6 +107,20 @@ def decode_blob(blob) -> Rec:
                     v, p = _value(blob, p)
                 st[a] = [w, c, v]
         elif kind == SET:
+            chains = {}
+            if version >= 2:
+                nc, p = get_varint(blob, p)
+                for _ in range(nc):
+                    a, p = get_varint(blob, p)
+                    b, p = ref(p)
+                    t, p = ref(p)
+                    nl, p = get_varint(blob, p)
+                    links = set()
+                    for _ in range(nl):
+                        ls, p = ref(p)
+                        lp, p = ref(p)
+                        links.add((ls, lp))
+                    chains[a] = [b, t, links]
             st = {}
             cnt, p = get_varint(blob, p)
             for _ in range(cnt):
@@ -117,6 +133,7 @@ def decode_blob(blob) -> Rec:
                     rm, p = ref(p)
                     ents[a] = [ad, rm]
                 st[v] = ents
+            st = [chains, st]
         else:
             raise MalformedChange("unknown field kind %d in blob" % kind)
         r.fields[fid] = [kind, st]
@@ -143,7 +160,14 @@ def encode_blob(r: Rec) -> bytes:
                 add(w)
                 add(c)
         else:
-            for ents in st.values():
+            _normal_set(st, r.dead)
+            for b, t, links in st[0].values():
+                add(b)
+                add(t)
+                for ls, lp in links:
+                    add(ls)
+                    add(lp)
+            for ents in st[1].values():
                 for ad, rm in ents.values():
                     add(ad)
                     add(rm)
@@ -187,9 +211,20 @@ def encode_blob(r: Rec) -> bytes:
                 if w > c:
                     out += v
         else:
-            put_varint(out, len(st))
-            for v in sorted(st):
-                ents = st[v]
+            chains, elems = st
+            put_varint(out, len(chains))
+            for a in sorted(chains):
+                b, t, links = chains[a]
+                put_varint(out, a)
+                put_varint(out, refs[b])
+                put_varint(out, refs[t])
+                put_varint(out, len(links))
+                for ls, lp in sorted(links):
+                    put_varint(out, refs[ls])
+                    put_varint(out, refs[lp])
+            put_varint(out, len(elems))
+            for v in sorted(elems):
+                ents = elems[v]
                 out += v
                 put_varint(out, len(ents))
                 for a in sorted(ents):
@@ -200,6 +235,68 @@ def encode_blob(r: Rec) -> bytes:
 
 
 # ---------------------------------------------------------------- rules
+
+def _normal_set(st, D):
+    """The normal form of a set field (docs/SEMANTICS.md): live entries keep
+    their add, dead ones their rem unless D or the actor's chain covers it."""
+    chains, elems = st
+    for v in list(elems):
+        ents = elems[v]
+        for a in list(ents):
+            e = ents[a]
+            if e[0] > e[1]:
+                e[1] = 0
+                continue
+            e[0] = 0
+            rm = e[1]
+            ch = chains.get(a)
+            if rm <= D or (ch is not None and ch[1] and ch[0] <= rm < ch[1]):
+                del ents[a]
+        if not ents:
+            del elems[v]
+    for a in [a for a, ch in chains.items() if not ch[1] and not ch[2]]:
+        del chains[a]
+
+
+def _link(chains, a, s, p):
+    """Join the link (s, p) to actor a's chain (docs/SEMANTICS.md)."""
+    ch = chains.get(a)
+    if ch is None:
+        ch = chains[a] = [0, 0, set()]
+    if p == 0:
+        ch[0] = s if not ch[0] else min(ch[0], s)
+        ch[1] = max(ch[1], s)
+    elif ch[1] and p <= ch[1]:
+        ch[1] = max(ch[1], s)
+    else:
+        ch[2].add((s, p))
+        return
+    links = ch[2]
+    while links:
+        ready = [l for l in links if l[1] <= ch[1]]
+        if not ready:
+            break
+        for l in ready:
+            links.discard(l)
+            ch[1] = max(ch[1], l[0])
+
+
+def _prev(f, a, h) -> int:
+    """The prev of a local add by a stamped h: the greatest stamp in a's
+    chain for that field (T and the waiting links), 0 if none. A local add
+    must be stamped above it (a node's stamps rise), else the chain breaks."""
+    if f is None or f[0] != SET:
+        return 0
+    ch = f[1][0].get(a)
+    if ch is None:
+        return 0
+    best = ch[1]
+    for ls, _ in ch[2]:
+        if ls > best:
+            best = ls
+    if best >= h:
+        raise MalformedChange("a local add must be stamped above the actor's earlier adds")
+    return best
 
 def _field(r: Rec, fid: int, kind: int):
     """Return the field's state if the op's kind may act on it, else None.
@@ -235,8 +332,9 @@ def _delete(r: Rec, h: int) -> None:
                 if not e[0] and not e[1]:
                     del st[a]
         else:
-            for v in list(st):
-                ents = st[v]
+            elems = st[1]
+            for v in list(elems):
+                ents = elems[v]
                 for a in list(ents):
                     e = ents[a]
                     if e[0] <= D:
@@ -246,7 +344,7 @@ def _delete(r: Rec, h: int) -> None:
                     if not e[0] and not e[1]:
                         del ents[a]
                 if not ents:
-                    del st[v]
+                    del elems[v]
 
 
 def _lww(r, fid, h, a, v, ids):
@@ -299,10 +397,32 @@ def _mv(r, fid, h, a, v, ctx):
 
 
 def _add(r, fid, h, a, v):
+    """op 4, as 0.2 wrote it: no chain."""
     f = _field(r, fid, SET)
     if f is None or h <= r.dead:
         return
-    ents = f[1].setdefault(v, {})
+    ents = f[1][1].setdefault(v, {})
+    e = ents.get(a)
+    if e is None:
+        ents[a] = [h, 0]
+    elif h > e[0]:
+        e[0] = h
+
+
+def _add_chained(r, fid, h, a, prev, v):
+    """op 7: an add that carries the stamp of its actor's previous add."""
+    if prev >= h:
+        raise MalformedChange("set add: prev must be below the stamp")
+    f = _field(r, fid, SET)
+    if f is None:
+        return
+    chains, elems = f[1]
+    ch = chains.get(a)
+    covered = ch is not None and ch[1] and ch[0] <= h < ch[1]
+    _link(chains, a, h, prev)
+    if covered or h <= r.dead:
+        return
+    ents = elems.setdefault(v, {})
     e = ents.get(a)
     if e is None:
         ents[a] = [h, 0]
@@ -318,7 +438,7 @@ def _rem(r, fid, v, ctx):
     for ca, ch in ctx:
         if ch <= D:
             continue
-        ents = f[1].setdefault(v, {})
+        ents = f[1][1].setdefault(v, {})
         e = ents.get(ca)
         if e is None:
             ents[ca] = [0, ch]
@@ -389,6 +509,7 @@ def _ops(buf, p, nops, recs, kmap, fmap, amap, ids, local, out_ops):
     inv = {loc: i for i, loc in enumerate(amap)}
     nkeys = len(kmap) if kmap is not None else len(recs)
     max_h = 0
+    prevs = {}
 
     def var():
         nonlocal p
@@ -427,6 +548,16 @@ def _ops(buf, p, nops, recs, kmap, fmap, amap, ids, local, out_ops):
             raise MalformedChange("context count runs past the end")
         return [(act(), stamp()) for _ in range(n)]
 
+    def intent():
+        """field, stamp, actor, value of a local intent (0x83, 0x84)."""
+        fi = var()
+        if fi >= len(fmap):
+            raise MalformedChange("field index out of range")
+        h = stamp(); ai = var()
+        if ai >= len(amap):
+            raise MalformedChange("actor index out of range")
+        return fi, fmap[fi], h, ai, amap[ai], val()
+
     def emit_ctx(ctx):
         put_varint(out_ops, len(ctx))
         for a, h in ctx:
@@ -459,6 +590,10 @@ def _ops(buf, p, nops, recs, kmap, fmap, amap, ids, local, out_ops):
         elif code == OP_ADD:
             fid = fld(); h = stamp(); a = act(); v = val()
             _add(r, fid, h, a, v)
+        elif code == OP_ADDC:
+            fid = fld(); h = stamp(); a = act(); bk = var(); v = val()
+            # on the wire: back = stamp - prev, 0 for none; back >= stamp is refused
+            _add_chained(r, fid, h, a, 0 if bk == 0 else h - bk if bk < h else h, v)
         elif code == OP_REM:
             fid = fld(); v = val(); ctx = ctx_list()
             _rem(r, fid, v, ctx)
@@ -488,13 +623,7 @@ def _ops(buf, p, nops, recs, kmap, fmap, amap, ids, local, out_ops):
             put_varint(out_ops, r.dead); put_varint(out_ops, pn[0]); put_varint(out_ops, pn[1])
             continue
         elif local and code == OP_MVW:
-            fi = var()
-            if fi >= len(fmap):
-                raise MalformedChange("field index out of range")
-            fid = fmap[fi]; h = stamp(); ai = var()
-            if ai >= len(amap):
-                raise MalformedChange("actor index out of range")
-            a = amap[ai]; v = val()
+            fi, fid, h, ai, a, v = intent()
             f = r.fields.get(fid)
             ctx = []
             if f is not None and f[0] == MV:
@@ -505,6 +634,18 @@ def _ops(buf, p, nops, recs, kmap, fmap, amap, ids, local, out_ops):
             out_ops += v
             emit_ctx(ctx)
             continue
+        elif local and code == OP_ADDI:
+            fi, fid, h, ai, a, v = intent()
+            pk = (id(r), fid, a, h)   # adds of one change to one field share prev
+            pv = prevs.get(pk)
+            if pv is None:
+                pv = prevs[pk] = _prev(r.fields.get(fid), a, h)
+            _add_chained(r, fid, h, a, pv, v)
+            put_varint(out_ops, k); out_ops.append(OP_ADDC)
+            put_varint(out_ops, fi); put_varint(out_ops, h); put_varint(out_ops, ai)
+            put_varint(out_ops, h - pv if pv else 0)
+            out_ops += v
+            continue
         elif local and code == OP_RMV:
             fi = var()
             if fi >= len(fmap):
@@ -512,8 +653,8 @@ def _ops(buf, p, nops, recs, kmap, fmap, amap, ids, local, out_ops):
             fid = fmap[fi]; v = val()
             f = r.fields.get(fid)
             ctx = []
-            if f is not None and f[0] == SET and v in f[1]:
-                ctx = [(ea, e[0]) for ea, e in sorted(f[1][v].items()) if e[0] > e[1]]
+            if f is not None and f[0] == SET and v in f[1][1]:
+                ctx = [(ea, e[0]) for ea, e in sorted(f[1][1][v].items()) if e[0] > e[1]]
             _rem(r, fid, v, ctx)
             put_varint(out_ops, k); out_ops.append(OP_REM)
             put_varint(out_ops, fi); out_ops += v

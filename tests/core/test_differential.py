@@ -87,6 +87,11 @@ local_op = st.one_of(
               st.lists(st.tuples(st.integers(0, N_ACTORS - 1), stamps), max_size=3)),
     st.tuples(st.just("rawctr"), st.integers(0, N_KEYS - 1), st.integers(0, N_FIELDS - 1),
               st.integers(0, 30), st.integers(0, 50), st.integers(0, 50)),
+    # chained adds (op 7) with any prev, legacy adds (op 4)
+    st.tuples(st.just("rawadd"), st.integers(0, N_KEYS - 1), st.integers(0, N_FIELDS - 1), stamps,
+              st.integers(0, 30) | st.sampled_from([(1 << 64) - 1]), values),
+    st.tuples(st.just("oldadd"), st.integers(0, N_KEYS - 1), st.integers(0, N_FIELDS - 1), stamps,
+              values),
 )
 
 step = st.one_of(
@@ -132,6 +137,10 @@ def local_batch(blobs, fperm, aperm, na, me, spec):
             put_varint(out, len(ctx))
             for a, h in ctx:
                 put_varint(out, a); put_varint(out, h)
+        elif t == "rawadd":
+            ops.set_add_chained(out, k, fi[o[2]], o[3], me_i, o[4], o[5])
+        elif t == "oldadd":
+            ops.set_add_legacy(out, k, fi[o[2]], o[3], me_i, o[4])
         elif t == "rawctr":
             put_varint(out, k); out.append(2); put_varint(out, fi[o[2]])
             put_varint(out, me_i); put_varint(out, o[3]); put_varint(out, o[4]); put_varint(out, o[5])
@@ -342,6 +351,7 @@ def test_big_merge_identical(eng):
     """A 10K-op batch: memory grows, the bytes still match."""
     rng = random.Random(20240611)
     nkeys = 200
+    extra = 0
     o = bytearray()
     for i in range(10000):
         k = rng.randrange(nkeys)
@@ -357,13 +367,22 @@ def test_big_merge_identical(eng):
             o += b"\x05\x01" + bytes([97 + rng.randrange(26)]); put_varint(o, 1)
             put_varint(o, 1); put_varint(o, rng.randrange(1, 5000))
         elif c == 3:
-            ops.set_add(o, k, 1 if rng.random() < 0.1 else 2, h, rng.randrange(2), rng.randrange(300))
+            f = 1 if rng.random() < 0.1 else 2
+            if rng.random() < 0.2:
+                ops.set_add_legacy(o, k, f, h, rng.randrange(2), rng.randrange(300))
+            else:
+                ops.set_add_chained(o, k, f, h, rng.randrange(2), rng.choice([0, h - 1, rng.randrange(h)]),
+                                    rng.randrange(300))
+            if rng.random() < 0.3:
+                put_varint(o, k); o.append(5); put_varint(o, f); o += reference_value(rng.randrange(300))
+                put_varint(o, 1); put_varint(o, rng.randrange(2)); put_varint(o, rng.randrange(1, 5000))
+                extra += 1
         else:
             if rng.random() < 0.05:
                 ops.delete(o, k, h)
             else:
                 ops.lww(o, k, 0, h, 1, "s%d" % rng.randrange(50))
-    b = _batch(blobs=[b""] * nkeys, ops_bytes=bytes(o), nops=10000)
+    b = _batch(blobs=[b""] * nkeys, ops_bytes=bytes(o), nops=10000 + extra)
     assert eng.merge(b) == reference.merge(b)
     assert eng.apply(b) == reference.apply(b)
 
@@ -383,7 +402,8 @@ def odd_blobs(draw):
     n = draw(st.integers(0, 4))
     table = [draw(st.sampled_from([0, 1, 3, 5, 9, 1 << 63])) for _ in range(n)]
     ref = st.integers(0, n)
-    out = bytearray((1,))
+    version = draw(st.integers(1, 2))
+    out = bytearray((version,))
     put_varint(out, n)
     for s in table:
         out += struct.pack("<Q", s)
@@ -402,6 +422,16 @@ def odd_blobs(draw):
                 put_varint(out, draw(st.integers(0, 1)))
                 out += _blob_value(draw)
             continue
+        if kind == 4 and version == 2:   # chains: duplicates, disorder, any stamps
+            nc = draw(st.integers(0, 2))
+            put_varint(out, nc)
+            for _ in range(nc):
+                for x in (draw(st.integers(0, 2)), draw(ref), draw(ref)):
+                    put_varint(out, x)
+                nl = draw(st.integers(0, 2))
+                put_varint(out, nl)
+                for _ in range(2 * nl):
+                    put_varint(out, draw(ref))
         cnt = draw(st.integers(0, 3))
         put_varint(out, cnt)
         for _ in range(cnt):
