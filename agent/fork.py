@@ -6,11 +6,15 @@ different content, peers keep whichever reached them first and drop the
 other as a duplicate, and every sync reports success: a silent split. A
 node therefore keeps, per actor, the seq and hash of the highest change it
 holds (`heads`, in the store's meta) and of its own last OWN_HASHES changes.
-Sync compares them (the HELLO carries the sender's heads):
+Sync compares them (the HELLO carries the sender's heads). A HELLO is not
+signed, so where the heads differ each side sends the other its change of
+that (actor, seq), signed as every change is; the fork is proven only by such
+a change, so that a hostile peer's claims cannot make a device move:
 
-  - a peer holds a change of this node's actor above any seq this node
-    issued, or sends one: another device writes as this one;
-  - the two sides hold the same (actor, seq) with different hashes.
+  - a peer sends a signed change of this node's actor above any seq this
+    node issued: another device writes as this one;
+  - a peer sends a signed change for an (actor, seq) that differs from the
+    one held here.
 
 Either is a fork: it is recorded (`forks` in `stats`, the daemon's log,
 node.events) and sync goes on. A node that finds its own actor forked takes
@@ -37,6 +41,7 @@ OWN_MASK = OWN_HASHES - 1
 HEAD_HASH = 8           # bytes of a change's hash compared
 MAX_FORKS = 64
 FORKS_FILE = "forks.json"
+FORKS_DIR = "forks"      # the other side's changes, kept for repair
 
 
 class Forks:
@@ -58,32 +63,35 @@ class Forks:
         return [(a, s, h) for a, (s, h) in sorted(self.heads.items()) if vv.get(a) == s]
 
     def check_heads(self, peer_vv: dict, peer_heads, peer: str) -> list:
-        """Compare a peer's HELLO with what this node holds; returns the forks
-        found (and, for this node's own actor, takes a fresh one)."""
-        found = []
+        """Compare a peer's HELLO heads with what this node holds. A HELLO is
+        not signed, so a mismatch proves nothing and changes nothing here:
+        returns the (actor, seq) whose change differs, and the session sends
+        this node's change of each to the peer, signed, as its evidence (the
+        peer does the same). A fork is recorded only from such a change
+        (_forks_in); a claim to hold more of this node's actor than it issued
+        is settled the same way, by the changes the peer then sends."""
         me = self.actor
-        if peer_vv.get(me, 0) > self.seq:
-            found.append((me, "%s holds change %d of this device's actor %016x, which this "
-                               "device never issued (it issued up to %d)"
-                          % (peer, peer_vv[me], me, self.seq)))
+        differ = []
         for a, s, h in peer_heads:
             mine = self._own_hash(s) if a == me else None
             top = self.heads.get(a)
             if mine is None and top is not None and top[0] == s:
                 mine = top[1]
-            if mine is not None and mine != h and not any(f[0] == a for f in found):
-                found.append((a, "%s holds a different change %d of actor %016x than this "
-                                 "device" % (peer, s, a)))
-        for a, why in found:
-            self.fork_found(a, why)
-        return found
+            if mine is not None and mine != h:
+                differ.append((a, s))
+        return differ
 
-    def fork_found(self, actor: int, why: str) -> None:
-        """Record a fork of actor; if it is this node's own, take a fresh actor id."""
+    def fork_found(self, actor: int, why: str, other=None) -> None:
+        """Record a fork of actor; if it is this node's own, take a fresh actor
+        id. other: the peer's signed change that proved it, whose content
+        this node did not take (it holds another under that name): it is
+        kept in forks/ for repair."""
         if any(f["actor"] == "%016x" % actor for f in self.forks):
             if actor != self.actor:
                 return
         entry = {"actor": "%016x" % actor, "why": why, "time": int(time.time())}
+        if other is not None and not self.readonly:
+            entry["kept"] = self._keep_other(other)
         if actor == self.actor and not self.readonly:
             entry["own"] = True
             entry["split_seqs"] = [1, self.seq]
@@ -101,21 +109,61 @@ class Forks:
                                                                    "forks": self.forks})
             self.checkpoint()
 
+    def _keep_other(self, c):
+        """Write the other side's change to forks/ACTOR-SEQ-HASH.chg (bytes as
+        in the log, docs/FORMAT.md); returns its path in the data directory."""
+        d = os.path.join(self.data_dir, FORKS_DIR)
+        name = "%016x-%d-%s.chg" % (c.actor, c.seq, c.hash[:HEAD_HASH].hex())
+        try:
+            if len(os.listdir(d)) >= MAX_FORKS:
+                return None
+        except FileNotFoundError:
+            fs.mkdir(d)
+        fs.atomic_write(os.path.join(d, name), bytes(c.raw))
+        return FORKS_DIR + "/" + name
+
     def _load_forks(self):
         d = fs.read_json(os.path.join(self.data_dir, FORKS_FILE), "the forks this device found",
                          "Delete it: the forks it listed are found again at the next sync",
                          default=None)
         self.forks = list(d.get("forks", [])) if d else []
 
-    def _own_changes_from_peer(self, changes) -> None:
-        """A peer sent a change of this node's actor above any seq it issued."""
+    def _forks_in(self, changes) -> list:
+        """Forks that signed changes from a peer prove (they passed
+        agent/sync/signing.py's check): a change of this node's actor above
+        any seq it issued, or another change than the one this node holds for
+        an (actor, seq) whose hash it knows. Returns [(actor, why)]."""
+        found = []
         me = self.actor
         for c in changes:
-            if c.actor == me and c.seq > self.seq:
-                self.fork_found(me, "a peer sent change %d of this device's actor %016x, which "
-                                    "this device never issued (it issued up to %d)"
-                                % (c.seq, me, self.seq))
-                return
+            if c.prev_hash is None:
+                continue            # unsigned (0.1): proves nothing
+            if c.actor == me:
+                if c.seq > self.seq:
+                    why = ("a peer sent change %d of this device's actor %016x, signed with "
+                           "its key, which this device never issued (it issued up to %d)"
+                           % (c.seq, me, self.seq))
+                else:
+                    mine = self._own_hash(c.seq)
+                    top = self.heads.get(me)
+                    if mine is None and top is not None and top[0] == c.seq:
+                        mine = top[1]
+                    if mine is None or mine == c.hash[:HEAD_HASH]:
+                        continue
+                    why = ("a peer sent another change %d of this device's actor %016x, "
+                           "signed with its key" % (c.seq, me))
+                self.fork_found(me, why, c if c.seq <= self.seq else None)
+                found.append((me, why))
+                me = self.actor
+                continue
+            top = self.heads.get(c.actor)
+            if top is not None and top[0] == c.seq and top[1] != c.hash[:HEAD_HASH] \
+                    and not any(f[0] == c.actor for f in found):
+                why = ("two devices wrote change %d of actor %016x (both signed with its key): "
+                       "a copied data directory" % (c.seq, c.actor))
+                self.fork_found(c.actor, why, c)
+                found.append((c.actor, why))
+        return found
 
     def _take_fresh_actor(self) -> int:
         old = self.actor

@@ -67,11 +67,12 @@ def _then(first, more):
 class Taken:
     """What Node.receive did with a batch: new, duplicates, held,
     quarantined, refused (the pending area was full), and a few reasons."""
-    __slots__ = ("new", "dup", "held", "quarantined", "refused", "reasons")
+    __slots__ = ("new", "dup", "held", "quarantined", "refused", "reasons", "forks")
 
     def __init__(self):
         self.new = self.dup = self.held = self.quarantined = self.refused = 0
         self.reasons = []
+        self.forks = []     # [(actor, why)] the batch's signed changes proved
 
 
 def default_data_dir() -> str:
@@ -409,7 +410,7 @@ class Node(Recovery, Forks):
         """merge_changes for changes already checked by parse_change. New
         changes are merged in one engine call (core batch version 2)."""
         self._writable()
-        self._own_changes_from_peer(changes)
+        self._forks_in(changes)
         take = []
         seen = set()
         holds = self.holds
@@ -447,8 +448,8 @@ class Node(Recovery, Forks):
         of that is raised: only faults of this node's own storage are."""
         self._writable()
         self.release_due()
-        self._own_changes_from_peer(changes)
         t = Taken()
+        t.forks = self._forks_in(changes)
         take, seen = [], set()
         holds, check = self.holds, self.clock.check
         for c in changes:

@@ -5,7 +5,7 @@ the disk work to perform out.
     s.start()                       # queues HELLO
     loop:
         for m in s.receive(bytes_from_peer):   # never raises for bad peer input
-            if Check: s.checked(m, node.check_heads(m.vv, m.heads, m.peer))  # HELLO: forks?
+            if Check: s.checked(m, node.check_heads(m.vv, m.heads, m.peer))  # HELLO: heads differ?
             if Merge: taken = node.receive(m.changes)      # the disk work: the caller's
                       s.merged(m, taken, node.advertised())  # queues the ACK
         (until receive(b"") returns nothing: it parses one message that needs work at a time)
@@ -88,7 +88,7 @@ TRANSITIONS = {
 
 class Check:
     """The work a peer's HELLO asks for: Node.check_heads(vv, heads, peer),
-    then Session.checked() with the forks it found."""
+    then Session.checked() with the (actor, seq) whose change differs."""
     __slots__ = ("vv", "heads", "peer")
 
     def __init__(self, vv, heads, peer):
@@ -159,7 +159,7 @@ class Refused(Event):
 
 
 class Forked(Event):
-    """The peer's HELLO showed a fork of an actor (agent/fork.py)."""
+    """A signed change from the peer proved a fork of an actor (agent/fork.py)."""
     __slots__ = ("actor", "why")
     kind = "forked"
 
@@ -663,13 +663,15 @@ class Session:
         self._events.append(Connected(peer_id, actor, dict(known.vv)))
         return Check(known.vv, heads, peer_id)
 
-    def checked(self, c: Check, forks) -> None:
-        """The caller ran Check c; forks: [(actor, why)] it found."""
+    def checked(self, c: Check, differ) -> None:
+        """The caller ran Check c; differ: [(actor, seq)] whose change the
+        peer's HELLO says differs from ours. Ours of each is sent (signed) as
+        the evidence of a fork: the peer's model loses it."""
         if c is not self._awaiting:
             raise ValueError("checked() for a check this session did not hand out")
         self._awaiting = None
-        for a, why in forks:
-            self._events.append(Forked(a, why))
+        for a, s in differ[:MAX_ACTORS]:
+            self.model.lose(a, s)
 
     def _on_changes(self, m):
         """Parse the whole batch first: a change whose header cannot be read
@@ -755,6 +757,8 @@ class Session:
         self._send(out)
         self.caught_up = False
         self._events.append(Received(m.batch, m.count, t.new, t.dup, 0, m.size))
+        for a, why in t.forks:
+            self._events.append(Forked(a, why))
         if t.held or t.quarantined or t.refused:
             self._events.append(Pended(m.batch, t.held, t.quarantined, t.refused, t.reasons))
 

@@ -3,6 +3,7 @@ writes under the same actor id: the fork is found the first time both
 copies meet a common peer, reported on both sides, and the copy that finds
 its own actor forked takes a fresh one, so its later writes reach everyone."""
 import json
+import os
 import shutil
 
 from agent.node import Node
@@ -36,6 +37,12 @@ def test_a_copy_that_wrote_the_same_seqs_is_found_at_the_common_peer(tmp_path):
     assert any(f["actor"] == "%016x" % actor for f in b.stats()["forks"])
     own = [f for f in a2.stats()["forks"] if f.get("own")]
     assert own and own[0]["new_actor"] == "%016x" % a2.actor and a2.actor != actor
+    # each side keeps the other's signed change of seq 4 for repair
+    from agent.change import parse_change
+    for node, f, key in ((b, b.stats()["forks"][0], "y"), (a2, own[0], "x")):
+        with open(os.path.join(node.data_dir, f["kept"]), "rb") as fh:
+            c = parse_change(fh.read())
+        assert (c.actor, c.seq, c.keys) == (actor, 4, [key]), f
     a2.put("z", {"v": 3})                  # written under the fresh actor
     run(*pair(a2, b))
     run(*pair(a, b))
@@ -100,3 +107,33 @@ def test_a_copied_data_directory_with_real_processes(tmp_path):
     assert len(forks) == 1
     own = json.loads(cmd(a2, "--json", "stats").stdout)["forks"]
     assert own[0]["own"] and own[0]["new_actor"] != own[0]["actor"]
+
+
+def test_a_hostile_peers_hello_cannot_make_a_device_move_or_report_forks(tmp_path):
+    """A HELLO is not signed. A pinned peer that claims to hold changes of
+    this device's actor above what it issued, or other changes than this
+    device's for its seqs (and for a third device's), proves nothing: the
+    device keeps its actor and records no fork. Before, each such session
+    moved it to a fresh actor id, which every peer's vectors then carried
+    for good."""
+    x, m, y = (make_node(tmp_path / n) for n in ("x", "m", "y"))
+    for i in range(3):
+        x.put("x%d" % i, {"v": i})
+    y.put("from-y", {"v": 1})
+    run(*pair(y, x))
+    actor = x.actor
+    real = m.advertised
+
+    def lying_vv():
+        k = real().copy()
+        k.vv[actor] = x.seq + 50
+        return k
+    m.advertised = lying_vv
+    m.heads_to_send = lambda: [(actor, x.seq, b"\xee" * 8), (y.actor, y.seq, b"\xdd" * 8)]
+    evs = run(*pair(x, m))
+    assert x.actor == actor and x.stats()["forks"] == [] and not x.fork_events
+    assert not [e for e in evs if e.kind == "forked"]
+    x.put("later", {"v": 1})
+    m.advertised = real
+    run(*pair(x, m))
+    assert m.get("later") == {"v": 1} and x.actor == actor
