@@ -17,9 +17,13 @@ Lines (each on its own, flushed; the host ignores anything else):
     POWERCUT READY <cycle>         writing starts
     POWERCUT ACK <cycle> <i>       put of c<cycle>:<i> returned (durable: on disk)
 
-Record c<cycle>:<i> = {"c": cycle, "i": i, "pad": 40 bytes, "n": Inc(1)}; a
-second durable put adds 1 to the counter "total" before the ACK line, so after
-any cut TOTAL >= the number of ACK lines the host has seen.
+Record c<cycle>:<i> = {"c": cycle, "i": i, "pad": 40 bytes, "n": Inc(1),
+"s": Add("x", "y")}; a second durable put removes "x" from its set (so a cut
+can fall between an add and its removal, and a replay runs the removal over
+a store that holds it); a third adds 1 to the counter "total" before the ACK
+line, so after any cut TOTAL >= the number of ACK lines the host has seen.
+Every record but the last of a cycle must read s == ["y"]; the last may
+still read ["x", "y"] (its removal was not acked).
 """
 import os
 import sys
@@ -34,6 +38,7 @@ def say(*parts):
 def main(argv):
     data_dir, cycle = argv[1], int(argv[2])
     from agent import Node, Inc
+    from agent.values import Add, Remove
     from agent.node import init_identity
     t0 = time.monotonic()
     try:
@@ -49,6 +54,7 @@ def main(argv):
     pad = "x" * 40
     for c in range(cycle):
         i = 0
+        last_s = None
         while True:
             rec = node.get("c%d:%d" % (c, i))
             if rec is None:
@@ -56,7 +62,12 @@ def main(argv):
             if (rec.get("c") != c or rec.get("i") != i or rec.get("pad") != pad
                     or rec.get("n") != 1):  # n: an Inc(1) applied twice by a replay shows as 2
                 say("BAD", c, i, "wrong-value")
+            if last_s is not None and last_s != ["y"]:
+                say("BAD", c, i - 1, "set-%s" % "+".join(last_s))  # an acked removal undone
+            last_s = rec.get("s")
             i += 1
+        if last_s is not None and last_s not in (["y"], ["x", "y"]):
+            say("BAD", c, i - 1, "set-%s" % "+".join(last_s or ["none"]))
         say("HAVE", c, i)
         # anything present past the first gap would mean an out-of-order loss
         for j in range(i + 1, i + 64):
@@ -74,7 +85,9 @@ def main(argv):
     say("READY", cycle)
     i = 0
     while True:
-        node.put("c%d:%d" % (cycle, i), {"c": cycle, "i": i, "pad": pad, "n": Inc(1)})
+        key = "c%d:%d" % (cycle, i)
+        node.put(key, {"c": cycle, "i": i, "pad": pad, "n": Inc(1), "s": Add("x", "y")})
+        node.put(key, {"s": Remove("x")})
         node.put("total", {"n": Inc(1)})
         say("ACK", cycle, i)
         i += 1
