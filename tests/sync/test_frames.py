@@ -110,3 +110,28 @@ def test_frames_from_a_pair_are_within_caps(tmp_path):
     z = data[5:]
     p = zstandard.get_frame_parameters(z)
     assert p.content_size <= F.MAX_DECODED and p.window_size <= F.MAX_WINDOW
+
+
+def test_a_frame_is_decoded_as_its_bytes_arrive():
+    """The reader feeds each chunk to the decompressor and drops it, so it
+    never holds the compressed frame beside the payload: with an
+    incompressible 8 MiB payload, the peak Python allocation while reading
+    is the payload and its one copy (the old reader also kept the frame and
+    a copy of it: about four times the payload)."""
+    import tracemalloc
+    payload = b"\x04" + os.urandom(8 << 20)
+    data = F.encode_frame(payload)
+    r = F.FrameReader()
+    got = []
+    tracemalloc.start()
+    try:
+        for i in range(0, len(data), 1 << 16):
+            r.feed(data[i:i + (1 << 16)])
+            p = r.next()
+            if p is not None:
+                got.append(p)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert got == [payload] and r.pending() == 0
+    assert peak < 2.5 * len(payload), peak / len(payload)
