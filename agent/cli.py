@@ -37,8 +37,8 @@ from the disk: check it, then `mycelium repair`), 4 data directory in use by
 another process, 5 engine fault, 6 bad data from a peer or file, 7 sync
 fault, 8 disk full (nothing was written: free space and retry), 9 other
 error, 10 damaged data that could not be repaired here, or records that may
-miss changes (the message says what to do: often `mycelium repair`),
-130 interrupted.
+miss changes (the message says what to do: often `mycelium repair`), 11
+`mycelium check` found something to act on, 130 interrupted.
 
 Reads (get, scan, stats, watch, peer list) open the data directory read-only
 and write nothing; they work beside a running writer.
@@ -320,6 +320,57 @@ def cmd_stats(args):
     return EXIT_OK
 
 
+EXIT_CHECK = 11
+
+
+def check_findings(s: dict) -> list:
+    """What an operator should look at, from stats (refused_changes included):
+    [(name, count, what to do)]. Empty: nothing found."""
+    out = []
+    if s["forks"]:
+        out.append(("forks", len(s["forks"]),
+                    "two devices wrote under one actor id (a copied or restored data "
+                    "directory): see `mycelium --json stats` (forks) and docs/SYNC.md "
+                    "\"Forks\"; the other side's changes are kept in forks/. Once the records "
+                    "are repaired, delete forks.json"))
+    if s["quarantined_changes"]:
+        out.append(("quarantined_changes", s["quarantined_changes"],
+                    "changes from peers this build cannot apply: upgrade it "
+                    "(`mycelium pending` lists them)"))
+    if s["held_changes"]:
+        out.append(("held_changes", s["held_changes"],
+                    "changes stamped ahead of this device's clock: check the clocks "
+                    "(`mycelium pending`; `--release` applies them)"))
+    if s["missing_changes"]:
+        out.append(("missing_changes", s["missing_changes"],
+                    "changes this device knows of but does not hold: run `mycelium serve` "
+                    "or `mycelium sync PEER` to fetch them"))
+    if s["incomplete"]:
+        out.append(("incomplete", 1, "%s: run `mycelium repair`" % s["incomplete"]))
+    if s["refused_changes"]:
+        out.append(("refused_changes", s["refused_changes"],
+                    "peers sent changes no signature of their device vouches for: see "
+                    "`sync/state.json` (refused, last_refused) for which peer"))
+    return out
+
+
+def cmd_check(args):
+    """This device's own health: exit 0 when nothing needs looking at."""
+    with _open(args, write=False) as n:
+        s = n.stats()
+    s["refused_changes"] = _refused_from_peers(args.data_dir)
+    found = check_findings(s)
+    if args.json:
+        print(json.dumps({"ok": not found, "findings": [
+            {"name": k, "count": c, "action": a} for k, c, a in found]}))
+    elif not found:
+        print("ok: no forks, no held or quarantined changes, nothing missing or refused")
+    else:
+        for k, c, a in found:
+            print("%s: %d. %s" % (k, c, a))
+    return EXIT_CHECK if found else EXIT_OK
+
+
 def cmd_pending(args):
     if args.release:
         actor = None
@@ -415,6 +466,20 @@ def build_parser():
     s.set_defaults(fn=cmd_demo)
     s = sub.add_parser("stats", help="counts, sizes and the engine in use")
     s.set_defaults(fn=cmd_stats)
+    s = sub.add_parser(
+        "check", help="is this device healthy? exit 11 if anything needs looking at",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Look at this device's own state and list what an operator should act "
+                    "on, each with what to do:\n"
+                    "  forks                two devices wrote under one actor id\n"
+                    "  quarantined_changes  changes from peers this build cannot apply\n"
+                    "  held_changes         changes stamped ahead of this device's clock\n"
+                    "  missing_changes      changes known of but not held (a damaged log)\n"
+                    "  incomplete           records that may miss changes\n"
+                    "  refused_changes      changes no signature vouched for\n"
+                    "Exit 0 when there is none, 11 when there is any. Read-only: it works "
+                    "beside `mycelium serve`.")
+    s.set_defaults(fn=cmd_check)
     s = sub.add_parser(
         "repair", help="check every file, rebuild what is damaged from the op log",
         formatter_class=argparse.RawDescriptionHelpFormatter,

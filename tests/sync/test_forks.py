@@ -43,6 +43,10 @@ def test_a_copy_that_wrote_the_same_seqs_is_found_at_the_common_peer(tmp_path):
         with open(os.path.join(node.data_dir, f["kept"]), "rb") as fh:
             c = parse_change(fh.read())
         assert (c.actor, c.seq, c.keys) == (actor, 4, [key]), f
+    # and `mycelium check` says so, on both (read-only, beside the open nodes)
+    for node in (b, a2):
+        p = cmd(node.data_dir, "check", check=11)
+        assert p.stdout.startswith("forks: 1.") and "forks/" in p.stdout, p.stdout
     a2.put("z", {"v": 3})                  # written under the fresh actor
     run(*pair(a2, b))
     run(*pair(a, b))
@@ -105,6 +109,7 @@ def test_a_copied_data_directory_with_real_processes(tmp_path):
     assert json.loads(cmd(a, "--json", "get", "z").stdout)["fields"] == {"v": "3"}
     forks = json.loads(cmd(b, "--json", "stats").stdout)["forks"]
     assert len(forks) == 1
+    assert "forks: 1." in cmd(b, "check", check=11).stdout
     own = json.loads(cmd(a2, "--json", "stats").stdout)["forks"]
     assert own[0]["own"] and own[0]["new_actor"] != own[0]["actor"]
 
@@ -132,6 +137,7 @@ def test_a_hostile_peers_hello_cannot_make_a_device_move_or_report_forks(tmp_pat
     m.heads_to_send = lambda: [(actor, x.seq, b"\xee" * 8), (y.actor, y.seq, b"\xdd" * 8)]
     evs = run(*pair(x, m))
     assert x.actor == actor and x.stats()["forks"] == [] and not x.fork_events
+    assert cmd(x.data_dir, "check").stdout.startswith("ok")   # exit 0
     assert not [e for e in evs if e.kind == "forked"]
     x.put("later", {"v": 1})
     m.advertised = real

@@ -57,10 +57,13 @@ def test_one_wrong_clock_holds_only_its_own_changes(tmp_path):
     assert "ahead" in items[0]["why"] and "--max-skew" in items[0]["why"]
     st = json.loads(cmd(b, "--json", "stats").stdout)
     assert st["held_changes"] == 1 and st["missing_changes"] == 0
+    found = json.loads(cmd(b, "--json", "check", check=11).stdout)
+    assert [(f["name"], f["count"]) for f in found["findings"]] == [("held_changes", 1)]
     out = cmd(b, "pending", "--release", actor_a).stdout
     assert "applied 1" in out
     assert _get(b, "future") == {"v": 2}
     assert json.loads(cmd(b, "--json", "pending").stdout) == []
+    assert json.loads(cmd(b, "--json", "check").stdout) == {"ok": True, "findings": []}
 
 
 def test_a_larger_max_skew_takes_the_change(tmp_path):
