@@ -9,7 +9,7 @@ from pyroaring import BitMap
 
 from .. import fs
 from .arena import SIZE_CLASSES
-from .keyindex import NO_CLASS, BIG
+from .keyindex import NO_CLASS, BIG, NEEDS_REPAIR
 
 __all__ = ["load", "write", "rebuild"]
 
@@ -78,6 +78,9 @@ def rebuild(store) -> None:
     for kid, cls, slot in keys.entries():
         if cls == NO_CLASS:
             continue
+        if cls == NEEDS_REPAIR:     # marked by an open that died before it repaired
+            store.damaged.add(kid)
+            continue
         u = used.setdefault(cls, BitMap())
         got = None
         if cls == BIG:
@@ -85,7 +88,7 @@ def rebuild(store) -> None:
         elif cls < len(SIZE_CLASSES) and slot not in u and store.arenas[cls] is not None:
             got = store.arenas[cls].read(slot, kid)
         if got is None:
-            keys.set_location(kid, NO_CLASS, 0)
+            keys.set_location(kid, NEEDS_REPAIR, 0)
             store.damaged.add(kid)
             continue
         if cls != BIG:

@@ -33,6 +33,9 @@ _HEAD_KID = struct.Struct("<IHBBII")  # the 12 bytes, then the key id: what the 
 ESIZE = ENTRY.size  # 16
 NO_CLASS = 255
 BIG = 254          # the record is in store/big/ (agent/store/big.py), slot 0
+NEEDS_REPAIR = 253 # the record's blob was found damaged: rebuild it from the op log. Kept
+                   # on disk until a save replaces it, so a kill before the repair loses
+                   # nothing (as "no blob", the next open would take the record for empty)
 MAX_KEY = 1024
 BLOCK = 512
 PER_BLOCK = 63
@@ -330,8 +333,8 @@ class KeyIndex:
                     raise StoreCorrupt("store/keys.tab entry %d and store/keys.heap disagree"
                                        % kid)
                 off = expect
-                ENTRY.pack_into(tm, HDR_SIZE + kid * ESIZE, off, ln, NO_CLASS, 0, 0,
-                                entry_crc(kid, off, ln, NO_CLASS, 0, kb))
+                ENTRY.pack_into(tm, HDR_SIZE + kid * ESIZE, off, ln, NEEDS_REPAIR, 0, 0,
+                                entry_crc(kid, off, ln, NEEDS_REPAIR, 0, kb))
                 damaged.add(kid)
             expect = off + 2 + ln
             kid += 1
