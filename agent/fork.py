@@ -57,6 +57,15 @@ class Forks:
         got = self.own_hashes[seq & OWN_MASK]
         return got[1] if got is not None and got[0] == seq else None
 
+    def _known_hash(self, actor, seq):
+        """The first HEAD_HASH bytes of the hash of (actor, seq) if this node
+        knows it cheaply (one of its own recent changes, or an actor's head)."""
+        mine = self._own_hash(seq) if actor == self.actor else None
+        top = self.heads.get(actor)
+        if mine is None and top is not None and top[0] == seq:
+            mine = top[1]
+        return mine
+
     def heads_to_send(self):
         """[(actor, seq, hash)] of the tops this node holds (what HELLO carries)."""
         vv = self.known.vv
@@ -73,10 +82,7 @@ class Forks:
         me = self.actor
         differ = []
         for a, s, h in peer_heads:
-            mine = self._own_hash(s) if a == me else None
-            top = self.heads.get(a)
-            if mine is None and top is not None and top[0] == s:
-                mine = top[1]
+            mine = self._known_hash(a, s)
             if mine is not None and mine != h:
                 differ.append((a, s))
         return differ
@@ -144,10 +150,7 @@ class Forks:
                            "its key, which this device never issued (it issued up to %d)"
                            % (c.seq, me, self.seq))
                 else:
-                    mine = self._own_hash(c.seq)
-                    top = self.heads.get(me)
-                    if mine is None and top is not None and top[0] == c.seq:
-                        mine = top[1]
+                    mine = self._known_hash(me, c.seq)
                     if mine is None or mine == c.hash[:HEAD_HASH]:
                         continue
                     why = ("a peer sent another change %d of this device's actor %016x, "
