@@ -1,0 +1,7 @@
+"""Bounded history (docs/FORMAT.md, "Snapshot"; docs/OPERATIONS.md, "Compaction").
+
+    join.py      the state join: a record blob from another store merged into ours
+    snapshot.py  a snapshot file: every record with its CRDT metadata, in zstd frames
+    frontier.py  what each peer has acknowledged; the causally stable frontier
+    compact.py   dropping log segments the snapshot covers and every peer holds
+"""
