@@ -150,6 +150,17 @@ def close(fd):
     _impl.close(fd)
 
 
+def close_quietly(fd) -> int:
+    """Close fd if it is open (>= 0), ignoring errors; returns -1, the
+    closed value, for `self.fd = fs.close_quietly(self.fd)`."""
+    if fd >= 0:
+        try:
+            _impl.close(fd)
+        except OSError:
+            pass
+    return -1
+
+
 def write(fd, data):
     return _impl.write(fd, data)
 

@@ -481,6 +481,17 @@ class Store:
             raise fs.error(OSError(28, "No space left on device"), "write a large record in",
                            self.dir)
 
+    def save_group(self, changed, visible) -> None:
+        """save() each (key id, key bytes, blob) of changed inside one
+        begin()/end(); visible(blob) says whether a record shows. Call
+        make_room() for them first."""
+        self.begin()
+        try:
+            for kid, kb, b in changed:
+                self.save(kb.decode("utf-8"), b, visible(b), kid, kb)
+        finally:
+            self.end()
+
     def save(self, key: str, blob: bytes, visible: bool, kid: int = None, kb=None) -> None:
         """Store blob as key's record. A blob that keeps its size class is
         rewritten in place; one that moves gets a new slot, then the index
