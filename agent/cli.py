@@ -397,6 +397,27 @@ def cmd_pending(args):
     return EXIT_OK
 
 
+def cmd_compact(args):
+    """Snapshot the store and drop the log history every active peer holds."""
+    with _open(args) as n:
+        got = n.compact(drop=not args.keep_log)
+    if args.json:
+        print(json.dumps(got))
+        return EXIT_OK
+    print("snapshot of %d record(s), %s; log %s -> %s (%d segment(s) dropped) in %.2f s"
+          % (got["records"], _mb(got["snapshot_bytes"]), _mb(got["log_bytes_before"]),
+             _mb(got["log_bytes_after"]), got["segments_dropped"], got["seconds"]))
+    if got["held_back_by"]:
+        print("mycelium: history is kept for peer(s) that lack it: %s (a peer silent for "
+              "MYCELIUM_RETIRE_DAYS, 14 by default, stops holding it back)"
+              % ", ".join(got["held_back_by"]), file=sys.stderr)
+    return EXIT_OK
+
+
+def _mb(n):
+    return "%.1f MB" % (n / 1e6) if n >= 100_000 else "%d B" % n
+
+
 def cmd_repair(args):
     """Check everything, rebuild what is damaged, report what is missing."""
     from .repair import repair
@@ -464,6 +485,17 @@ def build_parser():
                    help="where the demo keeps its data (reset on each run; "
                         "default: $XDG_DATA_HOME/mycelium-demo)")
     s.set_defaults(fn=cmd_demo)
+    s = sub.add_parser(
+        "compact", help="snapshot the store and drop log history every peer holds",
+        description="Write a snapshot of every record (with its CRDT metadata) and delete the "
+        "op-log segments it holds that every active peer has acknowledged. A peer silent for "
+        "longer than MYCELIUM_RETIRE_DAYS (14) no longer holds history back; it, and any new "
+        "device, catches up from the snapshot. `serve` compacts by itself once the log has "
+        "grown by MYCELIUM_COMPACT_MB (8) since the last time. Safe to interrupt: a crash "
+        "leaves the old snapshot and every segment.")
+    s.add_argument("--keep-log", action="store_true",
+                   help="write the snapshot only; drop no log segment")
+    s.set_defaults(fn=cmd_compact)
     s = sub.add_parser("stats", help="counts, sizes and the engine in use")
     s.set_defaults(fn=cmd_stats)
     s = sub.add_parser(

@@ -42,6 +42,8 @@ from .store.keyindex import MAX_KEY
 from .store.mapped import READ
 from .values import Inc, MV, Add, Remove, decode_record, is_visible
 from .vector import Known
+from .history.logindex import LogIndex
+from .history.snapshot import Reader as SnapshotReader, SnapshotCorrupt
 
 __all__ = ["Node", "default_data_dir", "init_identity", "read_identity"]
 
@@ -110,6 +112,16 @@ class Node(Recovery, Forks):
                          interval_ms=flush_interval_ms, segment_max=segment_bytes,
                          readonly=readonly)
         self.log.on_damage = self._log_damage
+        self.log_index = LogIndex(self.log, readonly)
+        self.snapshot_path = os.path.join(data_dir, "history", "snapshot")
+        self.dropped = Known()       # changes no longer in the log (a snapshot holds them)
+        self.snapshot_damaged = None
+        self.last_compaction = None
+        self._log_at_compaction = 0   # log.written then; the log at open counts as grown
+        self._frontier = None
+        self._incoming = None
+        self._read_snapshot_header()
+        self._log_at_open = self.log.size()
         self.pending = Pending(data_dir, readonly, self.events)
         self._next_release = 0.0
         self.heads = {}          # actor -> (seq, hash prefix) of the highest change held
@@ -136,8 +148,12 @@ class Node(Recovery, Forks):
         self.max_write = int(float(os.environ.get("MYCELIUM_MAX_WRITE_MB", DEFAULT_MAX_WRITE_MB))
                              * 1024 * 1024) if max_write is None else max_write
         self.max_write = min(self.max_write, MAX_RECORD)
+        if self.snapshot_damaged is not None:
+            self.dropped = self.known.copy()  # unknown: assume the worst until rewritten
         if self.pending and not readonly:
             self._settle_pending()
+        if not readonly and os.path.exists(os.path.join(data_dir, "history", "incoming")):
+            self._absorb_left_over()
 
     @classmethod
     def open(cls, data_dir=None, create=True, **kw):
@@ -642,12 +658,7 @@ class Node(Recovery, Forks):
                 self.log.append_many([c.raw for c in cs])
                 if self.durable:
                     self.log.commit()
-            store.begin()
-            try:
-                for kid, kb, b in changed:
-                    store.save(kb.decode("utf-8"), b, is_visible(b), kid, kb)
-            finally:
-                store.end()
+            store.save_group(changed, is_visible)
         self._after_merge(cs, max_h, replay)
 
     def _load_many(self, kbs):
@@ -721,6 +732,117 @@ class Node(Recovery, Forks):
             if not known.has(actor, seq):
                 yield raw
 
+    # -- history (agent/history/)
+
+    def _read_snapshot_header(self):
+        try:
+            with SnapshotReader(self.snapshot_path) as r:
+                h = r.header
+            self.dropped = Known.from_json(h.get("dropped", {}))
+            self.last_compaction = {"time": h.get("time")}
+        except FileNotFoundError:
+            if self.log.segments and self.log.segments[0] > 1:
+                # segments were dropped, so a snapshot was written: it is gone
+                self.snapshot_damaged = "the snapshot (%s) is missing" % self.snapshot_path
+                self.events.append("%s though the log's first segments were compacted into "
+                                   "it; run `mycelium compact` to write it again from the store"
+                                   % self.snapshot_damaged)
+            return
+        except (SnapshotCorrupt, ValueError, TypeError, AttributeError) as e:
+            self.snapshot_damaged = str(e)
+            self.events.append("%s; run `mycelium compact` to write it again from the store" % e)
+
+    @property
+    def frontier(self):
+        if self._frontier is None:
+            from .history.frontier import Frontier
+            self._frontier = Frontier(self.data_dir, self.readonly)
+        return self._frontier
+
+    def peer_holds(self, peer_id: str, known: Known) -> None:
+        """A peer said it holds `known` (the causal-stability frontier's input)."""
+        self.frontier.note(peer_id, known)
+
+    def needs_snapshot(self, known: Known) -> bool:
+        """True if the holder of `known` lacks changes the log no longer has.
+        A snapshot that is damaged or gone is written again from the store
+        first (the store holds everything the log dropped), so that such a
+        peer never gets the tail alone; a read-only node cannot, and says so."""
+        if not self.dropped.vv or not known.lacks_any(self.dropped):
+            return False
+        if self.snapshot_damaged is None and not self.snapshot_sound():
+            self.snapshot_damaged = "the snapshot failed its check"
+        if self.snapshot_damaged is not None or not os.path.exists(self.snapshot_path):
+            if self.readonly:
+                return False
+            self.events.append("the snapshot is %s; writing it again from the store for a "
+                               "peer that needs it" % ("damaged" if self.snapshot_damaged
+                                                       else "missing"))
+            self.compact(drop=False)
+        return True
+
+    def snapshot_sound(self) -> bool:
+        """Read this device's snapshot whole and check every frame, so that
+        bit rot in it is found here, where the store can write it again,
+        not by each new peer that would refuse it forever."""
+        try:
+            with SnapshotReader(self.snapshot_path) as r:
+                r.verify()
+            return True
+        except FileNotFoundError:
+            return False
+        except (OSError, SnapshotCorrupt) as e:
+            self.events.append("own snapshot: %s" % e)
+            return False
+
+    def log_start_for(self, known: Known):
+        """Where a session for the holder of `known` starts reading the log."""
+        return self.log_index.start_for(known)
+
+    def compact(self, drop: bool = True) -> dict:
+        """Write a snapshot of the store and drop the log segments it holds
+        that every active peer holds (docs/OPERATIONS.md, "Compaction")."""
+        from .history.compact import compact
+        return compact(self, drop)
+
+    def compaction_due(self, threshold: int) -> bool:
+        """The log has grown by threshold bytes since the last compaction
+        (since open, the log's size at open counts as growth, so a device
+        restarted often still compacts)."""
+        if self.readonly:
+            return False
+        grown = self.log.written - self._log_at_compaction
+        if self.last_compaction is None or "seconds" not in self.last_compaction:
+            grown += self._log_at_open
+        return grown >= threshold
+
+    def take_snapshot_chunk(self, chunk, first: bool, last: bool):
+        """A chunk of a peer's snapshot (sync); on the last, absorb it.
+        Returns the absorb summary on the last chunk, else None."""
+        self._writable()
+        if self._incoming is None:
+            from .history.catchup import Incoming
+            self._incoming = Incoming(self)
+        if not self._incoming.write(chunk, first, last):
+            return None
+        from .history.catchup import absorb
+        return absorb(self, self._incoming.path)
+
+    def _absorb_left_over(self):
+        from .history.catchup import absorb
+        path = os.path.join(self.data_dir, "history", "incoming")
+        try:
+            got = absorb(self, path)
+            self.events.append("applied a peer's snapshot that a crash interrupted (%d records)"
+                               % got["records"])
+        except RemoteError as e:
+            self.events.append("a peer's snapshot left by a crash is damaged (%s); removed, "
+                               "the next sync fetches it again" % e)
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
     # -- lifecycle
 
     def _check_memory(self):
@@ -761,6 +883,8 @@ class Node(Recovery, Forks):
         self.log.commit()
         self.store.checkpoint(self._meta())
         self._since_checkpoint = 0
+        if self._frontier is not None:
+            self._frontier.save()
 
     def _meta(self):
         m = {"log": list(self.log.end()), "seq": self.seq, "clock": self.clock.last,
@@ -782,6 +906,13 @@ class Node(Recovery, Forks):
             "data_bytes": s.data_bytes(),
             "store_file_bytes": s.file_bytes(),
             "log_bytes": self.log.size(),
+            "log_segments": len(self.log.segments),
+            "snapshot_bytes": _size(self.snapshot_path),
+            "compacted_changes": sum(self.dropped.vv.values()) - sum(
+                hi - lo + 1 for gs in self.dropped.gaps.values() for lo, hi in gs),
+            "last_compaction": self.last_compaction,
+            "peers_holding_history": sorted(self.frontier.active()),
+            "peers_retired": self.frontier.retired(),
             "log_damaged_bytes": self.log.damaged_bytes(),
             "log_truncated_bytes": self.log.truncated,
             "missing_changes": self.known.missing(),
@@ -814,6 +945,8 @@ class Node(Recovery, Forks):
                 except AgentError as e:
                     err = e
                 try:
+                    if self._frontier is not None:
+                        self._frontier.save()
                     self.store.close(self._meta())
                     self.reserve.settle(self.seq, self.clock.last)
                 except AgentError as e:
@@ -835,6 +968,13 @@ class Node(Recovery, Forks):
 
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _size(path) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def _rss() -> int:

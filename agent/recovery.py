@@ -154,7 +154,23 @@ class Recovery:
         self.events.append("%s: rebuilt the store from the op log (the damaged files are in "
                            "%s)" % (reason, aside))
 
+    def _load_own_snapshot(self):
+        """A rebuild starts from this device's snapshot: the log no longer
+        holds the changes compaction folded into it."""
+        if not os.path.exists(self.snapshot_path):
+            return
+        from .history.catchup import load_own
+        try:
+            load_own(self, self.snapshot_path)
+        except (RemoteError, UnicodeDecodeError) as e:
+            self.known = Known()
+            if self.dropped.vv or self.snapshot_damaged:
+                self._mark_incomplete("the snapshot is damaged (%s): records rebuilt from the "
+                                      "op log alone lack the history compacted into it" % e)
+            self.dropped = Known()
+
     def _replay_all(self):
+        self._load_own_snapshot()
         hits = self.log.hits
         group = []
         for _, payload in self.log.read():
@@ -272,6 +288,9 @@ class Recovery:
             except UnicodeDecodeError:
                 raise StoreCorrupt("store/keys.heap: key %d is damaged" % k) from None
         state = {k: b"" for k in targets}
+        if os.path.exists(self.snapshot_path):   # the snapshot, then the log after it
+            from .history.catchup import own_blobs
+            state.update(own_blobs(self, targets))
         needles = [k.encode("utf-8") for k in targets]
         hits = self.log.hits
         for _, raw in self.log.read():
@@ -315,6 +334,7 @@ class Recovery:
         names as prev but that the log no longer holds becomes a gap in
         `known`, so peers send it again. Returns the number found."""
         self._holes_pending = False
+        dropped = self.dropped   # compacted away: held in the snapshot, not lost
         last = {}
         found = 0
         for _, raw in self.log.read():
@@ -323,14 +343,16 @@ class Recovery:
             except MalformedChange:
                 continue
             top = last.get(actor, 0)
-            if prev > top and self.known.has(actor, prev):
+            if prev > top and self.known.has(actor, prev) and not dropped.has(actor, prev):
                 for s in (prev,) if prev - top > 64 else range(top + 1, prev + 1):
-                    self.known.lose(actor, s)
+                    if not dropped.has(actor, s):
+                        self.known.lose(actor, s)
                 found += 1
             if seq > top:
                 last[actor] = seq
         for actor, top in self.known.vv.items():
-            if last.get(actor, 0) < top and self.known.has(actor, top):
+            if last.get(actor, 0) < top and self.known.has(actor, top) and \
+                    not dropped.has(actor, top):
                 self.known.lose(actor, top)
                 found += 1
         if found:

@@ -116,6 +116,48 @@ class Known:
                 out.gaps[a] = both
         return out
 
+    def covers(self, actor: int, lo: int, hi: int) -> bool:
+        """True if every seq in lo..hi of actor is held."""
+        if hi > self.vv.get(actor, 0):
+            return False
+        for glo, ghi in self.gaps.get(actor, ()):
+            if glo <= hi and lo <= ghi:
+                return False
+        return True
+
+    @classmethod
+    def from_runs(cls, runs: dict) -> "Known":
+        """What a set of changes holds: runs {actor: sorted disjoint [lo, hi]}
+        (seqs outside them are gaps below the top)."""
+        k = cls()
+        for a, rs in runs.items():
+            if not rs:
+                continue
+            k.vv[a] = rs[-1][1]
+            gaps, nxt = [], 1
+            for lo, hi in rs:
+                if lo > nxt:
+                    gaps.append([nxt, lo - 1])
+                nxt = hi + 1
+            if gaps:
+                k.gaps[a] = gaps
+        return k
+
+    def lacks_any(self, base: "Known") -> bool:
+        """True if base holds some change this does not (exact, by ranges)."""
+        inf = float("inf")
+        for a, top in base.vv.items():
+            mine = self.gaps.get(a, []) + [[self.vv.get(a, 0) + 1, inf]]
+            theirs = base.gaps.get(a, [])
+            for lo, hi in mine:           # each range this lacks, within 1..top
+                hi = min(hi, top)
+                if lo > hi:
+                    continue
+                # base lacks the whole range only if one of its gaps spans it
+                if not any(glo <= lo and hi <= ghi for glo, ghi in theirs):
+                    return True
+        return False
+
     def missing(self) -> int:
         """How many gap ranges are open."""
         return sum(len(v) for v in self.gaps.values())

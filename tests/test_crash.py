@@ -4,8 +4,9 @@ open must succeed. Each step also adds an element to a set and removes the
 one added two steps before, so recovery replays set removals over a store
 that already holds them (docs/SEMANTICS.md, "Sets"): an acked removal must
 stay removed and an acked add must be there until its removal. Kills land in opening and crash recovery, key creation
-(every put makes a new key), segment rolls (4 KiB segments) and checkpoints
-(one every 25 acks).
+(every put makes a new key), segment rolls (4 KiB segments), checkpoints
+(one every 25 acks) and compactions (one every 60: a snapshot is written,
+then the log segments it holds are deleted).
 
 Each cycle checks every ack, read back through a read-only open (which
 recovers in memory and writes nothing) and, every 10th cycle, a writer's
@@ -42,6 +43,8 @@ def _child(data_dir, start, wfd):
                 i += 1
                 if i % 25 == 0:
                     n.checkpoint()
+                if i % 60 == 0:
+                    n.compact()   # snapshot, then drop the segments it holds
     finally:
         os._exit(0)
 

@@ -24,7 +24,7 @@ from .. import fs
 from ..errors import DiskFault, LogError
 from . import segment
 
-SEGMENT_MAX = 64 * 1024 * 1024
+SEGMENT_MAX = 8 * 1024 * 1024   # small, so compaction frees history a segment at a time
 HEADER_LEN = segment.HEADER_LEN
 
 
@@ -277,6 +277,38 @@ class OpLog:
             self._new_segment(self.seg + 1)
         except OSError as e:
             raise fs.error(e, "start a new log segment in", self.dir) from None
+
+    def seal(self) -> bool:
+        """Start a new segment now if the current one holds any entry, so
+        that everything written so far lies in sealed segments (compaction
+        drops whole segments). Returns whether it rolled."""
+        with self._sync_lock, self._lock:
+            if self.fd < 0 or self.offset <= HEADER_LEN:
+                return False
+            if self.failed is not None:
+                raise self.failed
+            upto = self.written
+            self._roll()          # fdatasyncs the segment it leaves
+            self.synced = upto
+            self.synced_pos = (self.seg, self.offset)
+        return True
+
+    def drop(self, n: int) -> None:
+        """Delete sealed segment n (compaction: a snapshot holds its changes)."""
+        if n >= self.seg:
+            raise LogError("segment %d is the one being written; it cannot be dropped" % n)
+        try:
+            fs.unlink(self.path(n))
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise fs.error(e, "remove the log segment", self.path(n)) from None
+        with self._lock:
+            if n in self.segments:
+                self.segments.remove(n)
+        self.versions.pop(n, None)
+        for k in [k for k in self.damage if k[0] == n]:
+            del self.damage[k]
 
     def _cut_back(self, offset):
         """Undo a partial append: the file ends at offset again."""

@@ -106,10 +106,12 @@ class _Progress:
     def __init__(self, enabled):
         self.enabled = enabled
         self.total = 0
+        self.to_recv = 0
         self.last = 0.0
 
     def start(self, to_send, to_recv):
         self.total = max(1, to_send + to_recv)
+        self.to_recv = to_recv
 
     def show(self, s, final=False):
         if not self.enabled:
@@ -119,11 +121,17 @@ class _Progress:
             return
         self.last = now
         st = s.stats
-        done = st["sent_changes"] + st["skipped"] + st["recv_changes"]
+        # received: what the peer had that we lacked at the start and hold
+        # now, so that a snapshot's changes count as they are absorbed
+        got = st["recv_changes"]
+        if s.peer_vv is not None and self.total:
+            got = max(got, self.to_recv - P.behind(s.peer_vv, s.node.vv))
+        done = st["sent_changes"] + st["skipped"] + got
         frac = min(1.0, done / self.total) if self.total else 1.0
         bar = "#" * int(frac * 30)
-        sys.stderr.write("\r[%-30s] %3d%%  sent %d  received %d  %s on the wire"
-                         % (bar, frac * 100, st["sent_changes"], st["recv_changes"],
+        snap = ("  snapshot %s" % _size(st["snap_in"])) if st["snap_in"] else ""
+        sys.stderr.write("\r[%-30s] %3d%%  sent %d  received %d%s  %s on the wire"
+                         % (bar, frac * 100, st["sent_changes"], st["recv_changes"], snap,
                             _size(st["wire_out"] + st["wire_in"])))
         if final:
             sys.stderr.write("\n")

@@ -10,6 +10,7 @@ the daemon out of memory. After a burst, freed heap goes back to the OS.
 """
 import asyncio
 import gc
+import os
 import random
 import ssl
 import sys
@@ -28,6 +29,8 @@ __all__ = ["Daemon", "MAX_UNAUTHENTICATED", "MAX_SESSIONS_PER_PEER"]
 
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
 STATE_EVERY = 1.0
+COMPACT_MB = 8          # log growth (MB) after which serve compacts
+COMPACT_GAP = 60.0      # seconds between compactions, at least
 MAX_UNAUTHENTICATED = 64
 MAX_SESSIONS_PER_PEER = 2
 ACCEPT_BACKLOG = 16
@@ -86,6 +89,10 @@ class Daemon:
         self.dropped = 0
         self.released = False       # a connection ended since the last malloc_trim
         self.server_ctx = None
+        self.compact_bytes = int(float(os.environ.get("MYCELIUM_COMPACT_MB", COMPACT_MB)) * 1e6)
+        self.compact_gap = float(os.environ.get("MYCELIUM_COMPACT_GAP", COMPACT_GAP))
+        # not in the first gap: peers being added then hold history back
+        self.next_compact = time.monotonic() + self.compact_gap
         _smaller_tls_buffers()
 
     def log(self, msg):
@@ -124,6 +131,17 @@ class Daemon:
         elif k == "sent":
             self.log("sent %d change(s) to %s (%d skipped by Bloom, %s)"
                      % (ev.changes, pid, ev.skipped, _size(ev.wire_bytes)))
+        elif k == "snapshot_sent":
+            if ev.can_take:
+                self.log("sent %s the snapshot (%s): it lacked compacted history"
+                         % (pid, _size(ev.bytes)))
+            else:
+                self.log("%s lacks history this device has compacted and is too old to take "
+                         "a snapshot: upgrade it to 0.4 or later" % pid)
+                self._peer(pid)["last_error"] = "needs a snapshot: upgrade it"
+        elif k == "snapshot_taken":
+            self.log("took a snapshot from %s (%s, %d record(s))" % (pid, _size(ev.bytes),
+                                                                     ev.records))
         elif k == "acked":
             self._peer(pid)["vv"] = P.vv_hex(s.peer_vv)
             self.state_dirty = True
@@ -297,6 +315,22 @@ class Daemon:
             self.log("applied %d held change(s): this device's clock reached their stamps" % n)
             self.wake_all()
 
+    def maybe_compact(self, now=None):
+        """Compact once the log has grown by COMPACT_MB since the last time,
+        at most every COMPACT_GAP s (MYCELIUM_COMPACT_GAP; the first one
+        after start too) and never more than 1/20 of the time."""
+        now = time.monotonic() if now is None else now
+        if now < self.next_compact or not self.node.compaction_due(self.compact_bytes):
+            return
+        from ..history.compact import safe_compact
+        got = safe_compact(self.node, self.log)
+        spent = got["seconds"] if got else 1.0
+        self.next_compact = now + max(self.compact_gap, 20 * spent)
+        if got:
+            self.log("compacted: snapshot of %d record(s) (%s), log %s -> %s"
+                     % (got["records"], _size(got["snapshot_bytes"]),
+                        _size(got["log_bytes_before"]), _size(got["log_bytes_after"])))
+
     def wake_all(self):
         """A local write came in through the control socket: offer it now."""
         for wake in self.sessions.values():
@@ -324,6 +358,7 @@ class Daemon:
             while not self.stop.is_set():
                 self.reload_peers()
                 self.release_held()
+                self.maybe_compact()
                 self.save_state()
                 self.give_back_memory()
                 await self._sleep(STATE_EVERY)

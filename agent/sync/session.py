@@ -54,11 +54,12 @@ from .parser import accept_unsigned_default
 from .signing import authenticate, decode_heads, encode_heads
 
 __all__ = ["PROTOCOL", "Session", "Recent", "HELLO", "CHANGES", "ACK", "IDLE", "HAVE", "BYE",
-           "decode_known"]
+           "SNAPSHOT", "Absorb", "decode_known"]
 
 PROTOCOL = 4
-HELLO, CHANGES, ACK, IDLE, HAVE, BYE = 1, 2, 3, 4, 5, 6
-NAMES = {HELLO: "HELLO", CHANGES: "CHANGES", ACK: "ACK", IDLE: "IDLE", HAVE: "HAVE", BYE: "BYE"}
+HELLO, CHANGES, ACK, IDLE, HAVE, BYE, SNAPSHOT = 1, 2, 3, 4, 5, 6, 7
+NAMES = {HELLO: "HELLO", CHANGES: "CHANGES", ACK: "ACK", IDLE: "IDLE", HAVE: "HAVE", BYE: "BYE",
+         SNAPSHOT: "SNAPSHOT"}
 BATCH_BYTES = 2 << 20          # raw change bytes per CHANGES batch (well under the frame cap)
 WINDOW = 4                      # batches in flight before waiting for an ACK
 BLOOM_CAPACITY = 4096
@@ -69,6 +70,8 @@ MAX_ACTORS = 1 << 16            # entries of a version vector a peer may send
 MAX_NOT_TAKEN = 1 << 16
 MAX_LOST_SPAN = 4096            # seqs one HAVE may ask for again (in all its new gaps)
 FLAG_LIVE = 1
+FLAG_SNAPSHOT = 2               # HELLO: this build takes SNAPSHOT messages
+SNAP_CHUNK = 1 << 20            # snapshot file bytes per SNAPSHOT message
 _u64 = struct.Struct("<Q")
 
 
@@ -79,6 +82,7 @@ TRANSITIONS = {
     (AWAIT_HELLO, HELLO): ("_on_hello", OPEN),
     (AWAIT_HELLO, BYE): ("_on_bye", CLOSED),
     (OPEN, CHANGES): ("_on_changes", OPEN),
+    (OPEN, SNAPSHOT): ("_on_snapshot", OPEN),
     (OPEN, ACK): ("_on_ack", OPEN),
     (OPEN, IDLE): ("_on_idle", OPEN),
     (OPEN, HAVE): ("_on_have", OPEN),
@@ -107,6 +111,16 @@ class Merge:
         self.batch, self.changes, self.odd, self.count, self.size = \
             batch, changes, odd, count, size
         self.refused, self.used = refused, used
+
+
+class Absorb:
+    """The disk work a SNAPSHOT message asks for: Node.take_snapshot_chunk(
+    chunk, first, last), then Session.absorbed(). A RemoteError from it (a
+    damaged snapshot) goes to Session.fail()."""
+    __slots__ = ("batch", "chunk", "first", "last")
+
+    def __init__(self, batch, chunk, first, last):
+        self.batch, self.chunk, self.first, self.last = batch, chunk, first, last
 
 
 # -- events
@@ -165,6 +179,24 @@ class Forked(Event):
 
     def __init__(self, actor, why):
         self.actor, self.why = actor, why
+
+
+class SnapshotSent(Event):
+    """The peer lacked history this node compacted: it was sent the snapshot
+    (or, too old to take one, only what the log still holds: can_take False)."""
+    kind = "snapshot_sent"
+    __slots__ = ("bytes", "can_take")
+
+    def __init__(self, nbytes, can_take=True):
+        self.bytes, self.can_take = nbytes, can_take
+
+
+class SnapshotTaken(Event):
+    kind = "snapshot_taken"
+    __slots__ = ("bytes", "records")
+
+    def __init__(self, nbytes, records):
+        self.bytes, self.records = nbytes, records
 
 
 class Sent(Event):
@@ -303,6 +335,13 @@ class Session:
         self.peer_known = None       # what the peer said it holds (HELLO, ACK, HAVE)
         self.peer_live = False
         self.peer_bloom = None
+        self.peer_snap = False       # the peer takes SNAPSHOT messages
+        # snapshots (history/): one per session each way at most
+        self._snap = None            # the snapshot file being sent
+        self._snap_checked = False
+        self.snap_known = None       # what the snapshot being sent holds
+        self.snap_batch = None       # the batch of its last chunk
+        self._snap_in = False        # a snapshot from the peer is arriving
         # sending
         self.model = None            # peer_known plus what we sent since
         self.cursor = (0, 0)
@@ -318,7 +357,7 @@ class Session:
                       "new": 0, "dup": 0, "gap": 0, "wire_out": 0, "wire_in": 0,
                       "raw_out": 0, "raw_in": 0, "rewinds": 0, "held": 0, "quarantined": 0,
                       "refused": 0, "not_taken": 0, "unsigned": 0, "forged": 0,
-                      "unvouched_sent": 0}
+                      "unvouched_sent": 0, "snap_out": 0, "snap_in": 0}
         self.recv_batch = 0
         self.last_heard = time.monotonic()
 
@@ -345,7 +384,7 @@ class Session:
             out += _u64.pack(a)
             put_varint(out, sq)
             out += h
-        put_varint(out, FLAG_LIVE if self.live else 0)
+        put_varint(out, (FLAG_LIVE if self.live else 0) | FLAG_SNAPSHOT)
         encode_bloom(out, self.recent.bloom() if self.use_bloom else None)
         self._send(out)
 
@@ -423,6 +462,9 @@ class Session:
         log = self.node.log
         if log.synced < log.written and len(self.in_flight) < self.window:
             log.commit()  # only what is on disk is sent (one fsync covers the batch)
+        if not self._snap_checked:
+            self._snap_checked = True
+            self._start_snapshot()
         queued = 0
         while len(self.in_flight) < self.window:
             if not self._one_batch():
@@ -434,12 +476,60 @@ class Session:
             self._check_caught_up()
         return queued
 
+    def _start_snapshot(self):
+        """If the peer lacks history the log no longer holds, send the
+        snapshot first (docs/SYNC.md, "Snapshots"); the log's tail follows."""
+        node = self.node
+        if not node.needs_snapshot(self.model):
+            return
+        if not self.peer_snap:
+            self._events.append(SnapshotSent(0, can_take=False))
+            return
+        from ..history.snapshot import Reader
+        try:
+            r = Reader(node.snapshot_path)
+        except (OSError, RemoteError) as e:
+            node.snapshot_damaged = str(e)    # damaged since: written again, once
+            if not node.needs_snapshot(self.model):
+                return
+            r = Reader(node.snapshot_path)
+        self.snap_known = Known.from_json(r.header.get("known", {}))
+        r.f.seek(0)
+        self._snap = r.f
+        self._snap_size = r.size
+
+    def _snapshot_batch(self) -> bool:
+        f = self._snap
+        chunk = f.read(SNAP_CHUNK)
+        last = f.tell() >= self._snap_size or not chunk
+        first = len(chunk) == f.tell()
+        out = bytearray((SNAPSHOT,))
+        put_varint(out, self.next_batch)
+        out.append((1 if first else 0) | (2 if last else 0))
+        out += chunk
+        batch = self.next_batch
+        self.next_batch += 1
+        self.in_flight[batch] = []
+        self._send(out)
+        self.idle_sent = False
+        self.caught_up = False
+        self.stats["snap_out"] += len(chunk)
+        if last:
+            f.close()
+            self._snap = None
+            self.snap_batch = batch
+            self.model = self.model.union(self.snap_known)
+            self._events.append(SnapshotSent(self.stats["snap_out"]))
+        return True
+
     def _one_batch(self) -> bool:
         """One CHANGES batch: the changes the peer lacks, in log order, up to
         the byte budget, and the signed heads that vouch for them. A run of
         a relayed actor must end at a change this node holds a head for, so
         past the budget the scan goes on (up to MAX_DECODED / 2) only to
         close such runs; the next batch resumes at the first change left out."""
+        if self._snap is not None:
+            return self._snapshot_batch()
         model = self.model
         signer, store = self.signer, self.head_store
         picked = []          # (raw, actor, seq, prev, prev_hash, its offset)
@@ -591,6 +681,9 @@ class Session:
         self._send(out)
 
     def _close(self, reason, err, by_peer=False):
+        if self._snap is not None:
+            self._snap.close()
+            self._snap = None
         self.closed = True
         self.state = CLOSED
         self.error = err
@@ -659,7 +752,10 @@ class Session:
         self.peer_id, self.peer_actor, self.peer_known = peer_id, actor, known
         self.model = known.copy()
         self.peer_live = bool(flags & FLAG_LIVE)
+        self.peer_snap = bool(flags & FLAG_SNAPSHOT)
         self.peer_bloom = bf
+        self.cursor = self.node.log_start_for(known)   # skip segments it holds whole
+        self.node.peer_holds(peer_id, known)
         self._events.append(Connected(peer_id, actor, dict(known.vv)))
         return Check(known.vv, heads, peer_id)
 
@@ -728,6 +824,48 @@ class Session:
         taken, refused, used = authenticate(parsed, heads, self.accept_unsigned)
         return Merge(batch, taken, odd, n, size, refused, used)
 
+    def _on_snapshot(self, m):
+        batch, p = get_varint(m, 1)
+        if batch != self.recv_batch + 1:
+            raise ProtocolError("SNAPSHOT batch %d arrived after batch %d (a replayed or "
+                                "reordered frame)" % (batch, self.recv_batch))
+        if p >= len(m):
+            raise ProtocolError("SNAPSHOT message is truncated")
+        flags = m[p]
+        first, last = bool(flags & 1), bool(flags & 2)
+        if first == self._snap_in:
+            raise ProtocolError("SNAPSHOT chunk %s a snapshot that %s" % (
+                "starts" if first else "continues", "is arriving" if first else "never started"))
+        self._snap_in = not last
+        self.recv_batch = batch
+        self.peer_idle = False
+        chunk = bytes(m[p + 1:])
+        self.stats["snap_in"] += len(chunk)
+        return Absorb(batch, chunk, first, last)
+
+    def absorbed(self, m, got, known) -> None:
+        """The caller performed Absorb m (got: Node.take_snapshot_chunk's
+        result: a summary on the last chunk); queues the ACK with `known`."""
+        if m is not self._awaiting:
+            raise ValueError("absorbed() for a chunk this session did not hand out")
+        self._awaiting = None
+        if self.closed:
+            return
+        out = bytearray((ACK,))
+        put_varint(out, m.batch)
+        known.encode(out)
+        self._send(out)
+        self.caught_up = False
+        if m.last:
+            self._events.append(SnapshotTaken(self.stats["snap_in"],
+                                              (got or {}).get("records", 0)))
+
+    def absorb_failed(self, m, err) -> None:
+        """Absorb m raised err (a damaged snapshot): close the session."""
+        if m is self._awaiting:
+            self._awaiting = None
+        self.fail(err)
+
     def merged(self, m, t, known) -> None:
         """The caller performed Merge m (Node.receive gave Taken t); known is
         what the node holds now (Node.advertised()). Queues the ACK."""
@@ -783,6 +921,7 @@ class Session:
         area): it is not sent again in this session, so that nothing loops.
         The model of the peer becomes `known` plus what is in flight."""
         self.peer_known = known
+        self.node.peer_holds(self.peer_id, known)
         rewound = sorted({a for a, s, _, sent in checked if not sent and not known.has(a, s)})
         for a, s, prev, sent in checked:
             if sent and not known.has(a, s) and len(self.not_taken) < MAX_NOT_TAKEN:
@@ -794,6 +933,8 @@ class Session:
         for items in self.in_flight.values():
             for a, s, prev, _ in items:
                 model.add(a, s, prev)
+        if self.snap_batch is not None and self.snap_batch in self.in_flight:
+            model = model.union(self.snap_known)   # its ACK is still to come
         self.model = model
         if rewound:
             self.no_skip.update(rewound)

@@ -12,7 +12,8 @@ import time
 
 from .errors import PeerUnreachable, SyncTimeout, UnknownPeer
 from .identity import carrier_pem, cert_id, identity_paths
-from .session import Check, Session
+from ..errors import RemoteError
+from .session import Absorb, Check, Session
 
 __all__ = ["server_context", "client_context", "peer_device_id", "connect", "drive", "settle",
            "HANDSHAKE_TIMEOUT", "IDLE_TIMEOUT", "KEEPALIVE"]
@@ -58,6 +59,14 @@ def settle(session: Session, data) -> None:
         for m in acts:
             if isinstance(m, Check):
                 session.checked(m, node.check_heads(m.vv, m.heads, m.peer))
+                continue
+            if isinstance(m, Absorb):
+                try:
+                    got = node.take_snapshot_chunk(m.chunk, m.first, m.last)
+                except RemoteError as e:   # a damaged snapshot: nothing of it was applied
+                    session.absorb_failed(m, e)
+                    return
+                session.absorbed(m, got, node.advertised())
                 continue
             t = node.receive(m.changes)
             for head, raw, why in m.odd:
