@@ -21,7 +21,7 @@ import tempfile
 import psutil
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCHMARKS = ("store_size", "latency", "merge", "sync", "set_history", "history")
+BENCHMARKS = ("store_size", "latency", "merge", "sync", "set_history", "history", "flash")
 
 
 def machine():
