@@ -109,6 +109,16 @@ def _prefix(raw, any_version=False):
     return v, actor, seq, seq - 1 - skip, p
 
 
+def actor_seq(raw):
+    """(actor, seq) of a change's bytes: the least a log index needs."""
+    if len(raw) < 10 or raw[0] not in READ_VERSIONS:
+        raise MalformedChange("not a change")
+    seq = raw[9]
+    if seq >= 0x80:
+        seq = get_varint(raw, 9)[0]
+    return _u64.unpack_from(raw, 1)[0], seq
+
+
 def change_head(raw, any_version: bool = False):
     """(actor, seq, prev, hlc) of a change's bytes without the full parse.
     any_version: read a version this build does not know as version 3 (later

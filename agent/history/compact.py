@@ -40,11 +40,18 @@ def compact(node, drop: bool = True) -> dict:
     frontier = node.frontier
     frontier.expect(_configured(node.data_dir))
     candidates = []
-    if drop:
-        for n in idx.sealed():
-            if frontier.stable(idx.runs(n)):
-                candidates.append(n)
-    dropped = node.dropped.union(idx.known_of(candidates)) if candidates else node.dropped
+    if drop and _all_hold(frontier, node.known):
+        # every active peer holds all this device holds: every sealed segment
+        # goes, and no segment index needs building (a lone device, a fleet
+        # in step: the usual case)
+        candidates = list(idx.sealed())
+        dropped = node.dropped.union(node.known) if candidates else node.dropped
+    else:
+        if drop:
+            for n in idx.sealed():
+                if frontier.stable(idx.runs(n)):
+                    candidates.append(n)
+        dropped = node.dropped.union(idx.known_of(candidates)) if candidates else node.dropped
     path = node.snapshot_path
     os.makedirs(os.path.dirname(path), exist_ok=True)
     header = snapshot_header(node, dropped)
@@ -70,6 +77,12 @@ def compact(node, drop: bool = True) -> dict:
     node.last_compaction = out
     node._log_at_compaction = log.written
     return out
+
+
+def _all_hold(frontier, known) -> bool:
+    if frontier.damaged:
+        return False
+    return all(not k.lacks_any(known) for k in frontier.active().values())
 
 
 def _configured(data_dir) -> dict:

@@ -15,7 +15,7 @@ a session reads it whole, so a session's start costs at most one segment.
 import os
 
 from .. import fs
-from ..change import change_head
+from ..change import actor_seq
 from ..errors import AgentError, MalformedChange, StoreCorrupt
 from ..vector import Known
 
@@ -74,7 +74,7 @@ class LogIndex:
         seqs = {}
         for _, raw in self.log.read((n, 0), upto=(n + 1, 0)):
             try:
-                a, s, _, _ = change_head(raw)
+                a, s = actor_seq(raw)
             except MalformedChange:
                 continue
             seqs.setdefault(a, []).append(s)
