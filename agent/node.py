@@ -42,8 +42,6 @@ from .store.keyindex import MAX_KEY
 from .store.mapped import READ
 from .values import Inc, MV, Add, Remove, decode_record, is_visible
 from .vector import Known
-from .history.logindex import LogIndex
-from .history.snapshot import Reader as SnapshotReader, SnapshotCorrupt
 
 __all__ = ["Node", "default_data_dir", "init_identity", "read_identity"]
 
@@ -112,16 +110,17 @@ class Node(Recovery, Forks):
                          interval_ms=flush_interval_ms, segment_max=segment_bytes,
                          readonly=readonly)
         self.log.on_damage = self._log_damage
-        self.log_index = LogIndex(self.log, readonly)
+        self._log_index = None
         self.snapshot_path = os.path.join(data_dir, "history", "snapshot")
         self.dropped = Known()       # changes no longer in the log (a snapshot holds them)
         self.snapshot_damaged = None
         self.last_compaction = None
-        self._log_at_compaction = 0   # log.written then; the log at open counts as grown
         self._frontier = None
         self._incoming = None
         self._read_snapshot_header()
-        self._log_at_open = self.log.size()
+        # log.written at the last compaction; the log found at open counts as
+        # grown, so a device restarted often still compacts
+        self._log_at_compaction = -self.log.size()
         self.pending = Pending(data_dir, readonly, self.events)
         self._next_release = 0.0
         self.heads = {}          # actor -> (seq, hash prefix) of the highest change held
@@ -734,19 +733,32 @@ class Node(Recovery, Forks):
 
     # -- history (agent/history/)
 
+    @property
+    def log_index(self):
+        if self._log_index is None:
+            from .history.logindex import LogIndex
+            self._log_index = LogIndex(self.log, self.readonly)
+        return self._log_index
+
     def _read_snapshot_header(self):
-        try:
-            with SnapshotReader(self.snapshot_path) as r:
-                h = r.header
-            self.dropped = Known.from_json(h.get("dropped", {}))
-            self.last_compaction = {"time": h.get("time")}
-        except FileNotFoundError:
+        """At open: what the snapshot says was dropped from the log. The
+        history modules are imported only when there is a snapshot, so a
+        read in a store never compacted loads none of them."""
+        if not os.path.exists(self.snapshot_path):
             if self.log.segments and self.log.segments[0] > 1:
                 # segments were dropped, so a snapshot was written: it is gone
                 self.snapshot_damaged = "the snapshot (%s) is missing" % self.snapshot_path
                 self.events.append("%s though the log's first segments were compacted into "
                                    "it; run `mycelium compact` to write it again from the store"
                                    % self.snapshot_damaged)
+            return
+        from .history.snapshot import Reader as SnapshotReader, SnapshotCorrupt
+        try:
+            with SnapshotReader(self.snapshot_path) as r:
+                h = r.header
+            self.dropped = Known.from_json(h.get("dropped", {}))
+            self.last_compaction = {"time": h.get("time")}
+        except FileNotFoundError:
             return
         except (SnapshotCorrupt, ValueError, TypeError, AttributeError) as e:
             self.snapshot_damaged = str(e)
@@ -785,6 +797,7 @@ class Node(Recovery, Forks):
         """Read this device's snapshot whole and check every frame, so that
         bit rot in it is found here, where the store can write it again,
         not by each new peer that would refuse it forever."""
+        from .history.snapshot import Reader as SnapshotReader, SnapshotCorrupt
         try:
             with SnapshotReader(self.snapshot_path) as r:
                 r.verify()
@@ -809,12 +822,7 @@ class Node(Recovery, Forks):
         """The log has grown by threshold bytes since the last compaction
         (since open, the log's size at open counts as growth, so a device
         restarted often still compacts)."""
-        if self.readonly:
-            return False
-        grown = self.log.written - self._log_at_compaction
-        if self.last_compaction is None or "seconds" not in self.last_compaction:
-            grown += self._log_at_open
-        return grown >= threshold
+        return not self.readonly and self.log.written - self._log_at_compaction >= threshold
 
     def take_snapshot_chunk(self, chunk, first: bool, last: bool):
         """A chunk of a peer's snapshot (sync); on the last, absorb it.
