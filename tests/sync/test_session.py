@@ -251,7 +251,9 @@ def test_a_damaged_log_entry_is_skipped_for_peers_and_fetched_again_from_one(tmp
     a.close()
     with open(os.path.join(str(tmp_path / "a"), "log", "%08d.seg" % seg), "r+b") as f:
         f.seek(off + 20)
-        f.write(b"\xff")
+        byte = f.read(1)[0]
+        f.seek(off + 20)
+        f.write(bytes([byte ^ 0xFF]))   # always a change (writing 0xff was a no-op 1 in 256)
     a = make_node(tmp_path / "a")
     assert state(a) == state(b)  # the store has every record; only the log lost one
     run(*pair(a, c))
