@@ -2,7 +2,7 @@
 
 The public API; everything else is an implementation detail.
 """
-__version__ = "0.4.0"  # before the imports: agent.pending records it
+__version__ = "0.5.0"  # before the imports: agent.pending records it
 
 from .errors import (AgentError, UsageError, StoreError, StoreCorrupt, StoreLocked,
                      RecordTooLarge, LogError, CoreError, RemoteError, MalformedChange,

@@ -38,7 +38,8 @@ another process, 5 engine fault, 6 bad data from a peer or file, 7 sync
 fault, 8 disk full (nothing was written: free space and retry), 9 other
 error, 10 damaged data that could not be repaired here, or records that may
 miss changes (the message says what to do: often `mycelium repair`), 11
-`mycelium check` found something to act on, 130 interrupted.
+`mycelium check` found something to act on, 12 `serve` cannot listen where
+it was told (the address is in use or not this machine's), 130 interrupted.
 
 Reads (get, scan, stats, watch, peer list) open the data directory read-only
 and write nothing; they work beside a running writer.
@@ -72,9 +73,16 @@ def parse_assignment(arg: str):
                     raise UsageError("%s: a counter takes an integer, e.g. %s+=1" % (arg, name)) from None
                 return name, Inc(n if sep == "+=" else -n)
             if sep == "|=":
+                if name.endswith("[]"):
+                    raise _bad_field(arg)
                 return name, MV(raw)
+            if name.endswith("[]"):
+                raise _bad_field(arg)
             try:
-                v = json.loads(raw)
+                v = json.loads(raw, parse_constant=_no_constant)
+            except _Constant as e:
+                raise UsageError("%s: %s is not a number JSON allows, and cannot be stored; "
+                                 "use null or a string (%s=%s)" % (arg, e, name, raw)) from None
             except ValueError:
                 raise UsageError("%s: %r is not JSON; quote text as '\"...\"' or use %s=TEXT"
                                  % (arg, raw, name)) from None
@@ -83,11 +91,27 @@ def parse_assignment(arg: str):
             return name, v
     i = arg.find("=")
     if i <= 0:
-        raise UsageError("%r is not FIELD=VALUE; see `mycelium put --help`" % arg)
+        raise _bad_field(arg)
     name, raw = arg[:i], arg[i + 1:]
+    if name.endswith("[]"):
+        raise _bad_field(arg)
     if raw.startswith("@"):
         return name, _read_value(arg, raw[1:])
     return name, raw
+
+
+def _bad_field(arg):
+    from .clihelp import FIELD_FORMS
+    return UsageError("%r is not a field write; the forms are %s (see `mycelium put --help`)"
+                      % (arg, FIELD_FORMS))
+
+
+class _Constant(ValueError):
+    pass
+
+
+def _no_constant(name):
+    raise _Constant(name)
 
 
 def _read_value(arg, path):
@@ -105,8 +129,12 @@ def _read_value(arg, path):
 
 
 def _jsonable(v):
+    """A stored value as JSON can hold it: bytes as {"$bytes": BASE64}, a
+    float JSON has no word for (a peer's NaN) as {"$float": "nan"}."""
     if isinstance(v, bytes):
         return {"$bytes": base64.b64encode(v).decode()}
+    if type(v) is float and v - v != 0.0:
+        return {"$float": repr(v)}
     if isinstance(v, list):
         return [_jsonable(x) for x in v]
     return v
@@ -115,7 +143,7 @@ def _jsonable(v):
 def _print_record(key, rec, kinds, as_json):
     if as_json:
         print(json.dumps({"key": key, "fields": {k: _jsonable(v) for k, v in rec.items()},
-                          "kinds": kinds}, ensure_ascii=False))
+                          "kinds": kinds}, ensure_ascii=False, allow_nan=False))
         return
     print(key)
     width = max(len(k) for k in rec)
@@ -177,9 +205,15 @@ def _incomplete(node, code):
 def cmd_init(args):
     from .node import init_identity
     from .sync.identity import ensure_identity
+    from .sync.devid import display_id
     existed = os.path.exists(os.path.join(args.data_dir, "identity.json"))
     ident = init_identity(args.data_dir)
-    device_id = ensure_identity(args.data_dir)
+    old = ident.get("device_id")
+    device_id = display_id(ensure_identity(args.data_dir, new=args.new_identity))
+    if args.new_identity and old and display_id(old) != device_id:
+        print("mycelium: this device has a new id, %s (it was %s): on every peer run "
+              "`mycelium peer remove %s` and `mycelium peer add %s HOST:PORT`"
+              % (device_id, display_id(old), display_id(old)[:7], device_id), file=sys.stderr)
     with _open(args, local_only=True):
         pass
     if args.json:
@@ -444,49 +478,70 @@ def cmd_demo(args):
     return demo.run(args.demo_dir)
 
 
+def _count(text):
+    try:
+        n = int(text)
+        if n < 0:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not a count (0, 1, 2, ...)" % text) from None
+    return n
+
+
 def build_parser():
+    from . import __version__
+    from .clihelp import add_command
     from .node import default_data_dir
     p = argparse.ArgumentParser(
         prog="mycelium", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Local-first sync agent: CRDT records on this device, synced with peers.")
     p.add_argument("--data-dir", default=os.environ.get("MYCELIUM_DATA_DIR") or default_data_dir(),
                    help="where the store and log live (default: %(default)s)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--version", action="version", version="mycelium " + __version__)
+    p.add_argument("--json", action="store_true",
+                   help="machine-readable output: JSON on stdout, also for errors")
     p.add_argument("--durable", action="store_true",
                    help="fsync every write before acknowledging it (default: fsync every 100 ms)")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
     sub.required = True
-    s = sub.add_parser("init", help="create the data directory and this device's identity")
+    s = add_command(sub, "init", "create the data directory and this device's identity")
+    s.add_argument("--new-identity", action="store_true",
+                   help="replace this device's key and certificate (lost or damaged) with "
+                        "new ones: the device gets a new id, which every peer must add; its "
+                        "records and actor stay")
     s.set_defaults(fn=cmd_init)
-    s = sub.add_parser("put", help="write fields of a record", description=PUT_HELP,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    s = add_command(sub, "put", "write fields of a record", description=PUT_HELP)
     s.add_argument("key")
     s.add_argument("fields", nargs="+", metavar="FIELD")
     s.set_defaults(fn=cmd_put)
-    s = sub.add_parser("get", help="print a record (exit 1 if absent)")
+    s = add_command(sub, "get", "print a record (exit 1 if absent)")
     s.add_argument("key")
     s.set_defaults(fn=cmd_get)
-    s = sub.add_parser("del", help="delete a record (a later write revives it)")
+    s = add_command(sub, "del", "delete a record (a later write revives it)")
     s.add_argument("key")
     s.set_defaults(fn=cmd_del)
-    s = sub.add_parser("scan", help="print the records whose key starts with PREFIX")
+    s = add_command(sub, "scan", "print the records whose key starts with PREFIX")
     s.add_argument("prefix", nargs="?", default="")
-    s.add_argument("--keys-only", action="store_true", help="print only the keys")
-    s.add_argument("--limit", type=int, default=0, metavar="N",
-                   help="stop after N records (default: all)")
+    s.add_argument("--keys-only", action="store_true",
+                   help="print only the keys, one per line (quicker: no record is decoded)")
+    s.add_argument("--limit", type=_count, default=0, metavar="N",
+                   help="print at most N records, the first in key order (default: all)")
     s.set_defaults(fn=cmd_scan)
-    s = sub.add_parser("watch", help="print changes under PREFIX as they land")
+    s = add_command(sub, "watch", "print changes under PREFIX as they land")
     s.add_argument("prefix", nargs="?", default="")
-    s.add_argument("--count", type=int, default=0, help="stop after N changes")
-    s.add_argument("--timeout", type=float, default=0, help="stop after SECONDS")
+    s.add_argument("--count", type=_count, default=0, metavar="N",
+                   help="stop after N changes (default: never)")
+    s.add_argument("--timeout", type=float, default=0, metavar="SECONDS",
+                   help="stop after SECONDS (default: never)")
     s.set_defaults(fn=cmd_watch)
-    s = sub.add_parser("demo", help="run the demo: three devices write apart, sync over TLS and agree")
+    s = add_command(sub, "demo", "run the demo: three devices write apart, sync over TLS "
+                    "and agree")
     s.add_argument("--demo-dir", default=None,
                    help="where the demo keeps its data (reset on each run; "
                         "default: $XDG_DATA_HOME/mycelium-demo)")
     s.set_defaults(fn=cmd_demo)
-    s = sub.add_parser(
-        "compact", help="snapshot the store and drop log history every peer holds",
+    s = add_command(
+        sub, "compact", "snapshot the store and drop log history every peer holds",
         description="Write a snapshot of every record (with its CRDT metadata) and delete the "
         "op-log segments it holds that every active peer has acknowledged. A peer silent for "
         "longer than MYCELIUM_RETIRE_DAYS (14) no longer holds history back; it, and any new "
@@ -496,11 +551,10 @@ def build_parser():
     s.add_argument("--keep-log", action="store_true",
                    help="write the snapshot only; drop no log segment")
     s.set_defaults(fn=cmd_compact)
-    s = sub.add_parser("stats", help="counts, sizes and the engine in use")
+    s = add_command(sub, "stats", "counts, sizes and the engine in use")
     s.set_defaults(fn=cmd_stats)
-    s = sub.add_parser(
-        "check", help="is this device healthy? exit 11 if anything needs looking at",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    s = add_command(
+        sub, "check", "is this device healthy? exit 11 if anything needs looking at",
         description="Look at this device's own state and list what an operator should act "
                     "on, each with what to do:\n"
                     "  forks                two devices wrote under one actor id\n"
@@ -512,9 +566,8 @@ def build_parser():
                     "Exit 0 when there is none, 11 when there is any. Read-only: it works "
                     "beside `mycelium serve`.")
     s.set_defaults(fn=cmd_check)
-    s = sub.add_parser(
-        "repair", help="check every file, rebuild what is damaged from the op log",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    s = add_command(
+        sub, "repair", "check every file, rebuild what is damaged from the op log",
         description="Check the store and the op log end to end. A damaged record is rebuilt "
                     "from the log; a damaged store is moved to store.damaged and rebuilt whole; "
                     "changes the log lost are asked of peers the next time this device syncs "
@@ -525,9 +578,8 @@ def build_parser():
                    help="stop reporting records as incomplete: accept that changes in damaged "
                         "log entries, which no peer could send again, are lost")
     s.set_defaults(fn=cmd_repair)
-    s = sub.add_parser(
-        "pending", help="changes from peers that are held (clock) or quarantined",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    s = add_command(
+        sub, "pending", "changes from peers that are held (clock) or quarantined",
         description="A change from a peer that this device cannot take yet is kept, not "
                     "dropped, and does not stop sync:\n"
                     "  held         its stamp is further ahead of this device's clock than "

@@ -20,7 +20,7 @@ AgentError
 __all__ = [
     "AgentError", "UsageError", "StoreError", "StoreCorrupt", "StoreLocked",
     "RecordTooLarge", "DiskFull", "DiskFault", "LogError", "CoreError", "RemoteError", "MalformedChange",
-    "ClockSkewError", "ChangeGap", "SyncError",
+    "ClockSkewError", "ChangeGap", "SyncError", "InvalidArgument",
 ]
 
 
@@ -31,6 +31,11 @@ class AgentError(Exception):
 
 class UsageError(AgentError):
     exit_code = 2
+
+
+class InvalidArgument(UsageError, TypeError):
+    """An argument of the wrong type given to the Python API (a TypeError
+    too, so that code catching either sees it)."""
 
 
 class StoreError(AgentError):

@@ -28,7 +28,7 @@ from .core import load_engine
 from .core import ops as O
 from .core.batch import (build_batch, build_batch_raw, build_multi, index_map,
                          parse_apply_result, parse_merge_result)
-from .errors import (UsageError, StoreCorrupt, ClockSkewError, CoreError, MalformedChange,
+from .errors import (UsageError, InvalidArgument, StoreCorrupt, ClockSkewError, CoreError, MalformedChange,
                      AgentError, RecordTooLarge, RemoteError)
 from . import __version__
 from .pending import Pending, HELD, QUARANTINED
@@ -79,6 +79,27 @@ def default_data_dir() -> str:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(
         os.path.expanduser("~"), ".local", "share")
     return os.path.join(base, "mycelium")
+
+
+def _finite(v):
+    """A value a local write may store: not NaN or an infinity (not JSON,
+    and NaN is not equal to itself). Changes from peers may still hold them."""
+    if type(v) is float and v - v != 0.0:
+        raise ValueError("%r cannot be stored (NaN and infinities are not JSON, and NaN is "
+                         "not equal to itself); store null or a string instead" % v)
+    return v
+
+
+def _not_utf8(text, what="a key"):
+    return UsageError("%s must be valid UTF-8 text; %r is not (a file name or argument "
+                      "in another encoding?)" % (what, text))
+
+
+def _utf8(text, what="a key") -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _not_utf8(text, what) from None
 
 
 class Node(Recovery, Forks):
@@ -204,7 +225,7 @@ class Node(Recovery, Forks):
     def get(self, key: str, with_kinds: bool = False):
         """The record's fields as a dict, or None if absent or deleted."""
         if type(key) is not str:
-            raise UsageError("a key is a string, not %s" % type(key).__name__)
+            raise InvalidArgument("a key is a string, not %s" % type(key).__name__)
         if self.rss_budget:
             self._ops += 1
             if self._ops >= TRIM_CHECK_EVERY:
@@ -215,6 +236,8 @@ class Node(Recovery, Forks):
             blob = self._blob(key)
         except AttributeError:
             raise UsageError("this node is closed") from None
+        except UnicodeEncodeError:
+            raise _not_utf8(key) from None
         if blob is None:
             return None
         try:
@@ -225,6 +248,10 @@ class Node(Recovery, Forks):
     def scan(self, prefix: str = "", with_kinds: bool = False, limit: int = 0):
         """Yield (key, fields) of visible records under prefix, in key order;
         (key, fields, kinds) with with_kinds; at most limit (0: all)."""
+        if type(prefix) is not str:
+            raise InvalidArgument("a prefix is a string, not %s" % type(prefix).__name__)
+        self._live()
+        _utf8(prefix)
         shown = 0
         # With a limit only the first keys are read (a few spare: a record
         # the store calls visible may decode to nothing); all, if that falls short.
@@ -246,21 +273,26 @@ class Node(Recovery, Forks):
         return self.pending.to_json()
 
     def count(self) -> int:
+        self._live()
         return self._retry("count")
 
     def watch(self, prefix: str, callback):
         """Call callback(key, fields_or_None) after each change under prefix.
         Returns a handle with cancel()."""
+        self._live()
         names = self.store.field_names
         return self.store.watch(prefix, lambda k, b: callback(k, decode_record(b, names)))
 
     # -- local writes
 
+    def _live(self):
+        if self._closed:
+            raise UsageError("this node is closed")
+
     def _writable(self):
         if self.readonly:
             raise UsageError("this node was opened read-only")
-        if self._closed:
-            raise UsageError("this node is closed")
+        self._live()
 
     def put(self, key: str, fields: dict) -> None:
         """Merge fields into key's record. Plain values are lww; use Inc, MV,
@@ -269,10 +301,10 @@ class Node(Recovery, Forks):
         if self.readonly or self._closed:
             self._writable()
         if not isinstance(key, str) or not key:
-            raise UsageError("a key must be a non-empty string")
+            raise InvalidArgument("a key must be a non-empty string")
         if not isinstance(fields, dict) or not fields:
-            raise UsageError("put needs a dict of at least one field")
-        kb = key.encode("utf-8")
+            raise InvalidArgument("put needs a dict of at least one field")
+        kb = _utf8(key)
         if len(kb) > MAX_KEY:
             raise UsageError("a key must be 1 to %d bytes of UTF-8, not %d" % (MAX_KEY, len(kb)))
         try:
@@ -294,8 +326,8 @@ class Node(Recovery, Forks):
         tables = self._tables.get(names)
         if tables is None:
             for n in names:
-                if not isinstance(n, str) or not n or len(n.encode("utf-8")) > 255:
-                    raise UsageError("a field name must be a string of 1 to 255 bytes")
+                if not isinstance(n, str) or not n or len(_utf8(n, "a field name")) > 255:
+                    raise InvalidArgument("a field name must be a string of 1 to 255 bytes")
             if len(self._tables) > 512:
                 self._tables.clear()
             tables = self._tables[names] = (
@@ -311,18 +343,18 @@ class Node(Recovery, Forks):
                 if t is Inc:
                     parts.append(O.inc_op(Z, fb, Z, v.delta))
                 elif t is MV:
-                    parts.append(O.mv_write_op(Z, fb, sb, Z, v.value))
+                    parts.append(O.mv_write_op(Z, fb, sb, Z, _finite(v.value)))
                 elif t is Add:
                     for x in v.values:
-                        parts.append(O.set_add_op(Z, fb, sb, Z, x))
+                        parts.append(O.set_add_op(Z, fb, sb, Z, _finite(x)))
                     visible = visible or bool(v.values)
                     continue
                 elif t is Remove:
                     for x in v.values:
-                        parts.append(O.set_remove_op(Z, fb, x))
+                        parts.append(O.set_remove_op(Z, fb, _finite(x)))
                     continue
                 else:
-                    parts.append(O.lww_op(Z, fb, sb, Z, v))
+                    parts.append(O.lww_op(Z, fb, sb, Z, v if t is not float else _finite(v)))
                 visible = True
         except (ValueError, TypeError) as e:
             raise UsageError("field %r: %s" % (name, e)) from None
@@ -341,8 +373,8 @@ class Node(Recovery, Forks):
         Returns False if there was nothing visible to delete."""
         self._writable()
         if not isinstance(key, str) or not key:
-            raise UsageError("a key must be a non-empty string")
-        kid = self._retry("find", key.encode("utf-8"))
+            raise InvalidArgument("a key must be a non-empty string")
+        kid = self._retry("find", _utf8(key))
         blob = self._load(key, kid) if kid >= 0 else b""
         if not blob or self._decode(blob, False) is None:
             return False
@@ -368,10 +400,13 @@ class Node(Recovery, Forks):
                 continue
             have = rec.fields[fid][0]
             if have != want.get(type(v), 1):
-                from .values import KIND_NAMES
+                from .clihelp import KIND_SYNTAX
+                from .values import KIND_NAMES, KIND_API
+                kind = KIND_NAMES[have]
                 raise UsageError(
-                    "field %r of %r is a %s; write it as a %s (see `mycelium put --help`)"
-                    % (name, key, KIND_NAMES[have], KIND_NAMES[have]))
+                    "field %r of %r is a %s; write it as a %s: %s on the command line, %s in "
+                    "Python (see `mycelium put --help`)"
+                    % (name, key, kind, kind, KIND_SYNTAX[kind].format(f=name), KIND_API[kind]))
 
     def _load(self, key, kid) -> bytes:
         return self._blob(key, kid) or b""
@@ -904,6 +939,7 @@ class Node(Recovery, Forks):
         return m
 
     def stats(self) -> dict:
+        self._live()
         s = self.store
         return {
             "actor": "%016x" % self.actor,

@@ -9,9 +9,11 @@
 from .codec import decode_value, get_varint
 from .core.reference import LWW, CTR, MV as MV_KIND, SET
 
-__all__ = ["Inc", "MV", "Add", "Remove", "KIND_NAMES", "decode_record"]
+__all__ = ["Inc", "MV", "Add", "Remove", "KIND_NAMES", "KIND_API", "decode_record"]
 
 KIND_NAMES = {LWW: "lww", CTR: "counter", MV_KIND: "mv", SET: "set"}
+KIND_API = {"lww": "a plain value", "counter": "Inc(n)", "mv": "MV(value)",
+            "set": "Add(x) or Remove(x)"}
 
 
 class Inc:
@@ -19,7 +21,8 @@ class Inc:
 
     def __init__(self, delta: int = 1):
         if type(delta) is not int:
-            raise TypeError("Inc takes an integer")
+            from .errors import InvalidArgument
+            raise InvalidArgument("Inc takes an integer, not %s" % type(delta).__name__)
         self.delta = delta
 
     def __repr__(self):

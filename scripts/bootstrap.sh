@@ -22,13 +22,6 @@ if [ ! -x .venv/bin/python ]; then
         "$PY" -m venv .venv
     fi
 fi
-if ! command -v openssl >/dev/null 2>&1; then
-    # device certificates for peer sync are made with the openssl tool
-    SUDO=""
-    [ "$(id -u)" = 0 ] || SUDO=sudo
-    echo "mycelium: installing openssl with apt-get" >&2
-    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq openssl >/dev/null
-fi
 EXTRAS=${1:-}
 if [ "$EXTRAS" = test ] && ! command -v strace >/dev/null 2>&1; then
     # tests/test_readonly.py checks with strace that reads write nothing

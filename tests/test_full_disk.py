@@ -23,6 +23,7 @@ import pytest
 from agent.change import parse_change
 from agent.errors import DiskFull
 from agent.node import Node
+from agent.sync.devid import display_id, normalize_id
 
 from tests.sync.procs import ENV, Serve, cmd, init, wait_for
 
@@ -323,7 +324,7 @@ def test_serve_keeps_running_when_state_json_hits_enospc(tmpfs, tmp_path):
         assert os.stat(state).st_mtime_ns != before
         with open(state) as f:
             saved = json.load(f)
-        assert saved["peers"][pid].get("last_sync"), saved
+        assert saved["peers"][normalize_id(pid)].get("last_sync"), saved
         cmd(node_dir, "put", "after", "v=1")
         p = cmd(node_dir, "--json", "get", "after", check=None)
         assert p.returncode == 0 and json.loads(p.stdout)["fields"] == {"v": "1"}, p.stderr
@@ -387,7 +388,7 @@ def test_opening_a_full_data_dir_gives_typed_errors(tmpfs, tmp_path):
 
     # writes: exit 8, "no space", "free"
     for args in (("put", "x1", "v=1"), ("put", key, "v=" + "z" * VALUE_LEN),
-                 ("del", acks[0][0]), ("peer", "add", "A" * 28, "127.0.0.1:9")):
+                 ("del", acks[0][0]), ("peer", "add", display_id("A" * 28), "127.0.0.1:9")):
         _disk_full_exit(cmd(node_dir, *args, check=None), args)
     _disk_full_exit(cmd(os.path.join(tmpfs, "new"), "init", check=None), "init on a full disk")
     # reads: work

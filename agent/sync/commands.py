@@ -1,4 +1,4 @@
-"""`mycelium serve | sync | peer add | peer list | id`.
+"""`mycelium serve | sync | peer add|list|remove|rename | id`.
 
 Their arguments are in parser.py (agent/cli.py adds them). Each command
 takes args with data_dir, json and durable and returns an exit code.
@@ -12,12 +12,14 @@ import time
 from ..errors import UsageError, SyncError
 from . import peers as P
 from .errors import PeerUnreachable
-from .identity import ensure_identity, normalize_id
+from .devid import display_id, normalize_id, resolve
+from .identity import ensure_identity
 from .daemon import Daemon, _known, _size, raise_fd_limit, tune_malloc
 from .session import Session
 from .transport import client_context, connect, drive
 
-__all__ = ["cmd_serve", "cmd_sync", "cmd_peer_add", "cmd_peer_list", "cmd_id"]
+__all__ = ["cmd_serve", "cmd_sync", "cmd_peer_add", "cmd_peer_list", "cmd_peer_remove",
+           "cmd_peer_rename", "cmd_id"]
 
 
 
@@ -36,22 +38,47 @@ def _adopt_signed_actor(node):
 
 
 def cmd_id(args):
-    did = ensure_identity(args.data_dir)
+    did = display_id(ensure_identity(args.data_dir))
     print(json.dumps({"device_id": did}) if args.json else did)
     return 0
 
 
 def cmd_peer_add(args):
-    did = normalize_id(args.id)
-    host, port = P.parse_addr(args.addr)
+    did = normalize_id(args.id, unchecked=args.unchecked)
+    addr = None
+    if args.addr is not None:
+        addr = P.format_addr(*P.parse_addr(args.addr))
     if did == ensure_identity(args.data_dir):
         raise UsageError("%s is this device's own id; add the id another device prints "
-                         "with `mycelium id`" % did)
-    new = P.add_peer(args.data_dir, did, "%s:%d" % (host, port))
+                         "with `mycelium id`" % display_id(did))
+    new = P.add_peer(args.data_dir, did, addr, name=args.name)
+    shown = display_id(did) + (" (%s)" % args.name if args.name else "")
     if args.json:
-        print(json.dumps({"device_id": did, "addr": "%s:%d" % (host, port), "new": new}))
+        print(json.dumps({"device_id": display_id(did), "addr": addr, "name": args.name,
+                          "new": new}))
+    elif addr is None:
+        print("%s peer %s; it has no address, so this device waits for it to dial in"
+              % ("added" if new else "updated", shown))
     else:
-        print("%s peer %s at %s:%d" % ("added" if new else "updated", did, host, port))
+        print("%s peer %s at %s" % ("added" if new else "updated", shown, addr))
+    return 0
+
+
+def cmd_peer_remove(args):
+    did = resolve(_known(args.data_dir), args.peer)
+    entry = P.remove_peer(args.data_dir, did)
+    shown = display_id(did) + (" (%s)" % entry["name"] if entry.get("name") else "")
+    print(json.dumps({"device_id": display_id(did), "removed": True}) if args.json else
+          "removed peer %s: a running serve stops syncing with it within a second and "
+          "refuses its connections" % shown)
+    return 0
+
+
+def cmd_peer_rename(args):
+    did = resolve(_known(args.data_dir), args.peer)
+    P.rename_peer(args.data_dir, did, args.name)
+    print(json.dumps({"device_id": display_id(did), "name": args.name}) if args.json else
+          "peer %s is now %s" % (display_id(did), args.name))
     return 0
 
 
@@ -71,7 +98,8 @@ def cmd_peer_list(args):
     for did, entry in sorted(peers.items()):
         st = state.get("peers", {}).get(did, {})
         pvv = P.vv_int(st["vv"]) if "vv" in st else None
-        rows.append({"device_id": did, "addr": entry.get("addr"),
+        rows.append({"device_id": display_id(did), "name": entry.get("name"),
+                     "addr": entry.get("addr"),
                      "behind": P.behind(ours, pvv) if pvv is not None else None,
                      "ahead": P.behind(pvv, ours) if pvv is not None else None,
                      "connected": st.get("connected", False),
@@ -91,7 +119,8 @@ def cmd_peer_list(args):
         when = (" (last sync %s)" % time.strftime("%Y-%m-%d %H:%M:%S",
                                                    time.localtime(r["last_sync"]))
                 if r["last_sync"] else "")
-        print("%s  %-21s  %s%s%s%s" % (r["device_id"], r["addr"], lag, when,
+        print("%s  %-12s %-21s  %s%s%s%s" % (r["device_id"], r["name"] or "-",
+                                              r["addr"] or "(dials in)", lag, when,
                                         "  connected" if r["connected"] else "",
                                         "  last error: " + r["last_error"]
                                         if r["last_error"] else ""))
@@ -140,11 +169,12 @@ class _Progress:
 
 def _resolve_peer(data_dir, text):
     peers = _known(data_dir)
-    s = "".join(ch for ch in text.upper() if ch not in "- ")
-    hits = [d for d in peers if d.replace("-", "").startswith(s)] if len(s) >= 4 else []
-    if len(hits) != 1:
-        raise UsageError("%r does not name one known peer; see `mycelium peer list`" % text)
-    return hits[0], peers[hits[0]]
+    did = resolve(peers, text)
+    if not peers[did].get("addr"):
+        raise UsageError("peer %s has no address (it only dials in): give it one with "
+                         "`mycelium peer add %s HOST:PORT`, or wait for it to dial this "
+                         "device's serve" % (display_id(did), display_id(did)))
+    return did, peers[did]
 
 
 async def sync_once(node, data_dir, my_id, peer_id, addr, progress=None, timeout=None,
@@ -214,12 +244,12 @@ def cmd_sync(args):
         from .errors import PeerRefused
         raise PeerRefused("%s closed the connection before the sync began: it may not know "
                           "this device; on it run `mycelium peer add %s HOST:PORT`"
-                          % (peer_id, my_id))
+                          % (display_id(peer_id), display_id(my_id)))
     if not session.caught_up:
         raise PeerUnreachable("the connection to %s closed before the sync finished: %s"
                               % (peer_id, "run `mycelium sync` again"))
     st = session.stats
-    out = {"peer": peer_id, "sent_changes": st["sent_changes"], "skipped_by_bloom": st["skipped"],
+    out = {"peer": display_id(peer_id), "sent_changes": st["sent_changes"], "skipped_by_bloom": st["skipped"],
            "received_changes": st["recv_changes"], "new": st["new"], "duplicates": st["dup"],
            "wire_bytes_out": st["wire_out"], "wire_bytes_in": st["wire_in"],
            "seconds": round(time.monotonic() - t0, 3), "forks": forks, "refused": refused}
@@ -238,19 +268,21 @@ def cmd_sync(args):
 
 def cmd_serve(args):
     my_id = ensure_identity(args.data_dir)
-    host, port = P.parse_addr(args.listen)
+    host, port = P.parse_addr(args.listen, listen=True)
 
     def listening(h, p):
+        # stdout carries this line only with --json (for scripts); the log
+        # line on stderr says it for people, once
         if args.json:
-            print(json.dumps({"listening": "%s:%d" % (h, p), "device_id": my_id}), flush=True)
-        else:
-            print("listening on %s:%d as %s" % (h, p, my_id), flush=True)
+            print(json.dumps({"listening": P.format_addr(h, p),
+                              "device_id": display_id(my_id)}), flush=True)
 
     raise_fd_limit()
     tune_malloc()
     with _open_node(args) as node:
         adopted = _adopt_signed_actor(node)
-        d = Daemon(node, args.data_dir, my_id, accept_unsigned=args.accept_unsigned)
+        d = Daemon(node, args.data_dir, my_id, accept_unsigned=args.accept_unsigned,
+                   log_format=args.log_format)
         if adopted:
             d.log(adopted)
 

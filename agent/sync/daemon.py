@@ -19,8 +19,8 @@ import time
 from ..control import ControlServer, socket_path
 from ..errors import AgentError, UsageError, SyncError
 from . import peers as P
-from .errors import PeerUnreachable, UnknownPeer
-from .identity import normalize_id
+from .errors import ListenError, PeerUnreachable, UnknownPeer
+from .devid import display_id, normalize_id
 from .session import Recent, Session
 from .transport import HANDSHAKE_TIMEOUT, client_context, connect, drive, peer_device_id, \
     server_context
@@ -49,12 +49,8 @@ def _smaller_tls_buffers():
         pass
 
 
-def _log(msg):
-    print("%s mycelium: %s" % (time.strftime("%H:%M:%S"), msg), file=sys.stderr, flush=True)
-
-
 def _known(data_dir):
-    return {normalize_id(k): v for k, v in P.load_peers(data_dir).items()}
+    return {normalize_id(k, unchecked=True): v for k, v in P.load_peers(data_dir).items()}
 
 
 def _size(n):
@@ -67,8 +63,11 @@ def _size(n):
 class Daemon:
     """One node, a listener and a dialer per known peer, all in one loop."""
 
-    def __init__(self, node, data_dir, my_id, quiet=False, accept_unsigned=None):
+    def __init__(self, node, data_dir, my_id, quiet=False, accept_unsigned=None,
+                 log_format="text"):
+        from ..logs import Logger
         self.node = node
+        self.logger = Logger(display_id(my_id)[:7], log_format)
         self.accept_unsigned = accept_unsigned
         self.data_dir = data_dir
         self.my_id = my_id
@@ -95,67 +94,78 @@ class Daemon:
         self.next_compact = time.monotonic() + self.compact_gap
         _smaller_tls_buffers()
 
-    def log(self, msg):
+    def log(self, msg, level="info", key=None):
         if not self.quiet:
-            _log(msg)
+            self.logger.write(level, msg, key)
+
+    def label(self, pid):
+        """A peer as the log names it: its name, else its id."""
+        if pid is None:
+            return "?"
+        name = self.peers.get(pid, {}).get("name")
+        return "%s (%s)" % (name, display_id(pid)[:7]) if name else display_id(pid)
 
     def connected(self, peer_id):
         return any(s.peer_id == peer_id and not s.closed for s in self.sessions)
 
     def on_event(self, s, ev):
         pid = s.peer_id or s.expect_peer
+        who = self.label(pid)
         k = ev.kind
         if k == "connected":
             self.log("connected to %s (it lacks %d of our changes, we lack %d)"
-                     % (pid, P.behind(self.node.vv, ev.peer_vv), P.behind(ev.peer_vv, self.node.vv)))
+                     % (who, P.behind(self.node.vv, ev.peer_vv), P.behind(ev.peer_vv, self.node.vv)))
             self._peer(pid).update(connected=True, vv=P.vv_hex(ev.peer_vv))
         elif k == "received":
             if ev.new:
-                self.log("received %d change(s) from %s, %d new" % (ev.changes, pid, ev.new))
+                self.log("received %d change(s) from %s, %d new" % (ev.changes, who, ev.new))
                 for other, wake in self.sessions.items():
                     if other is not s:
                         wake.set()
             self.state_dirty = True
         elif k == "forked":
-            self.log("FORK: %s (see `mycelium stats`, docs/SYNC.md \"Forks\")" % ev.why)
+            self.log("FORK: %s (see `mycelium stats`, docs/SYNC.md \"Forks\")" % ev.why, "error")
             self._peer(pid)["last_error"] = "fork: %s" % ev.why
         elif k == "pended":
             self.log("from %s: %d change(s) held, %d quarantined, %d not taken (pending area "
-                     "full); see `mycelium pending`: %s" % (pid, ev.held, ev.quarantined,
-                                                            ev.refused, "; ".join(ev.reasons[:3])))
+                     "full); see `mycelium pending`: %s" % (who, ev.held, ev.quarantined,
+                                                            ev.refused, "; ".join(ev.reasons[:3])),
+                     "warning", ("pended", pid))
         elif k == "refused":
             self.log("REFUSED %d change(s) from %s that no signature of their device vouches "
-                     "for: %s" % (ev.count, pid, "; ".join(ev.reasons)))
+                     "for: %s" % (ev.count, who, "; ".join(ev.reasons)), "warning", ("refused", pid))
             P.note_refused(self._peer(pid), ev)
             self.state_dirty = True
         elif k == "sent":
             self.log("sent %d change(s) to %s (%d skipped by Bloom, %s)"
-                     % (ev.changes, pid, ev.skipped, _size(ev.wire_bytes)))
+                     % (ev.changes, who, ev.skipped, _size(ev.wire_bytes)))
         elif k == "snapshot_sent":
             if ev.can_take:
                 self.log("sent %s the snapshot (%s): it lacked compacted history"
-                         % (pid, _size(ev.bytes)))
+                         % (who, _size(ev.bytes)))
             else:
                 self.log("%s lacks history this device has compacted and is too old to take "
-                         "a snapshot: upgrade it to 0.4 or later" % pid)
+                         "a snapshot: upgrade it to 0.4 or later" % who, "warning",
+                         ("old", pid))
                 self._peer(pid)["last_error"] = "needs a snapshot: upgrade it"
         elif k == "snapshot_taken":
-            self.log("took a snapshot from %s (%s, %d record(s))" % (pid, _size(ev.bytes),
+            self.log("took a snapshot from %s (%s, %d record(s))" % (who, _size(ev.bytes),
                                                                      ev.records))
         elif k == "acked":
             self._peer(pid)["vv"] = P.vv_hex(s.peer_vv)
             self.state_dirty = True
         elif k == "caught_up":
-            self.log("caught up with %s" % pid)
+            self.log("caught up with %s" % who)
             self._peer(pid).update(last_sync=int(time.time()), vv=P.vv_hex(s.peer_vv),
                                    last_error=None)
         elif k == "closed":
             if ev.error is not None:
-                self.log("session with %s closed: %s: %s" % (pid, type(ev.error).__name__,
-                                                             ev.error))
+                self.log("session with %s closed: %s: %s" % (who, type(ev.error).__name__,
+                                                             ev.error),
+                         "warning", ("closed", pid, type(ev.error).__name__))
                 self._peer(pid)["last_error"] = "%s: %s" % (type(ev.error).__name__, ev.error)
             else:
-                self.log("session with %s closed (%s)" % (pid, ev.reason))
+                self.log("session with %s closed (%s)" % (who, ev.reason))
             if not self.connected_except(pid, s):
                 self._peer(pid)["connected"] = False
         self.state_dirty = True
@@ -216,14 +226,15 @@ class Daemon:
         try:
             pid = peer_device_id(writer)
         except UnknownPeer as e:
-            self.log("refused a connection: %s" % e)
+            self.log("refused a connection: %s" % e, "warning", ("badcert",))
             writer.close()
             return
         self.reload_peers()
         if pid not in self.peers:
             addr = writer.get_extra_info("peername")
             self.log("refused %s from %s: not a known peer (add it with `mycelium peer add "
-                     "%s HOST:PORT`)" % (pid, addr[0] if addr else "?", pid))
+                     "%s HOST:PORT`)" % (display_id(pid), addr[0] if addr else "?",
+                                         display_id(pid)), "warning", ("unknown", pid))
             writer.close()
             return
         self._make_room_for(pid)
@@ -234,7 +245,7 @@ class Daemon:
     async def dial(self, pid):
         backoff = BACKOFF_MIN
         ctx = client_context(self.data_dir)
-        while not self.stop.is_set() and pid in self.peers:
+        while not self.stop.is_set() and self.peers.get(pid, {}).get("addr"):
             if self.connected(pid):
                 await self._sleep(1.0)
                 continue
@@ -245,12 +256,16 @@ class Daemon:
             except (SyncError, UsageError) as e:
                 self._peer(pid)["last_error"] = "%s: %s" % (type(e).__name__, e)
                 self.state_dirty = True
-                self.log("cannot reach %s at %s: %s (retry in %.1f s)" % (pid, addr, e, backoff))
+                self.log("cannot reach %s at %s: %s (retrying, at most every %.0f s)"
+                         % (self.label(pid), addr, e, BACKOFF_MAX), "warning",
+                         ("unreachable", pid))
                 await self._sleep(backoff * (0.8 + 0.4 * random.random()))
                 backoff = min(BACKOFF_MAX, backoff * 2)
                 continue
+            if self.logger.clear(("unreachable", pid)):
+                self.log("reached %s at %s again" % (self.label(pid), addr))
             s = Session(self.node, self.my_id, pid, live=True, recent=self.recent,
-                    accept_unsigned=self.accept_unsigned)
+                        accept_unsigned=self.accept_unsigned)
             await self.run_session(s, reader, writer)
             if s.caught_up or s.stats["new"] or s.stats["sent_changes"]:
                 backoff = BACKOFF_MIN
@@ -270,10 +285,14 @@ class Daemon:
             return
         self.peers_mtime = m
         self.peers = _known(self.data_dir)
-        for pid in self.peers:
+        for pid, entry in self.peers.items():
             t = self.dialers.get(pid)
-            if t is None or t.done():
+            if entry.get("addr") and (t is None or t.done()):
                 self.dialers[pid] = asyncio.ensure_future(self.dial(pid))
+        for s, wake in list(self.sessions.items()):   # a removed peer's sessions end
+            if s.peer_id is not None and s.peer_id not in self.peers and not s.closed:
+                s.close("%s was removed from this device's peers" % display_id(s.peer_id))
+                wake.set()
 
     def save_state(self):
         """Write state.json; a full disk is logged (once) and retried, never fatal."""
@@ -287,7 +306,7 @@ class Daemon:
         except AgentError as e:
             if str(e) != self.state_error:
                 self.log("cannot save the sync state (%s); retrying every %.0f s"
-                         % (e, STATE_EVERY))
+                         % (e, STATE_EVERY), "error")
                 self.state_error = str(e)
             return
         if self.state_error:
@@ -309,7 +328,7 @@ class Daemon:
         try:
             n = self.node.release_due()
         except AgentError as e:
-            self.log("cannot apply held changes: %s" % e)
+            self.log("cannot apply held changes: %s" % e, "error", ("held",))
             return
         if n:
             self.log("applied %d held change(s): this device's clock reached their stamps" % n)
@@ -343,17 +362,19 @@ class Daemon:
             # A short backlog also bounds how many connections one accept burst takes in.
             server = await asyncio.start_server(self.handle, host, port, backlog=ACCEPT_BACKLOG)
         except OSError as e:
-            raise PeerUnreachable(_listen_hint(host, port, e)) from None
+            raise ListenError(_listen_hint(host, port, e)) from None
         loop = asyncio.get_running_loop()
         self.node.log.on_synced = lambda: loop.call_soon_threadsafe(self.wake_all)
         for msg in self.node.events:
-            self.log("warning: %s" % msg)
+            self.log(msg, "warning")
         control = ControlServer(self.node, socket_path(self.data_dir), self.wake_all)
         await control.start()
         bound = server.sockets[0].getsockname()
         if on_listening:
             on_listening(bound[0], bound[1])
-        self.log("listening on %s:%d as %s" % (bound[0], bound[1], self.my_id))
+        self.log("listening on %s as %s" % (", ".join(P.format_addr(*so.getsockname()[:2])
+                                                     for so in server.sockets),
+                                           display_id(self.my_id)))
         try:
             while not self.stop.is_set():
                 self.reload_peers()
@@ -429,12 +450,19 @@ def raise_fd_limit():
 
 def _listen_hint(host, port, e):
     import errno
+    import socket
+    where = P.format_addr(host, port)
     if e.errno == errno.EADDRINUSE:
-        why = "the port is in use (is another `mycelium serve` running?): pick another --listen"
+        why = ("port %d is in use (is another `mycelium serve` running? `ss -ltnp` shows "
+               "what holds it): pick another port with --listen" % port)
     elif e.errno == errno.EADDRNOTAVAIL:
-        why = "%s is not an address of this machine: use one of its addresses, or 0.0.0.0" % host
+        why = ("%s is not an address of this machine (`ip addr` lists them): listen on "
+               "one of those, or on every address with --listen :%d" % (host, port))
+    elif isinstance(e, socket.gaierror):
+        why = ("%r is not an address or a name this machine can resolve: give an IP "
+               "address, or --listen :%d for every address" % (host, port))
     elif e.errno == errno.EACCES:
         why = "ports below 1024 need root: pick a port above 1024"
     else:
         why = "check the --listen address"
-    return "cannot listen on %s:%d: %s; %s" % (host, port, e.strerror or e, why)
+    return "cannot listen on %s: %s; %s" % (where, e.strerror or e, why)

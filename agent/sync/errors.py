@@ -10,6 +10,7 @@ SyncError (the sync machinery: connections, identities, peers)
   PeerUnreachable         cannot connect, or the TLS handshake failed
   SyncTimeout             a handshake or an idle connection timed out
   PeerRefused             the peer closed the session and said why
+  ListenError             `serve` cannot listen where it was told (exit 12)
 """
 from ..errors import SyncError
 from .frame import (MalformedFrame, FrameTooLarge, BadCompression, MissingContentSize,
@@ -17,7 +18,8 @@ from .frame import (MalformedFrame, FrameTooLarge, BadCompression, MissingConten
 
 __all__ = ["MalformedFrame", "FrameTooLarge", "BadCompression", "MissingContentSize",
            "WindowTooLarge", "SizeMismatch", "BadFrameVersion", "ProtocolError",
-           "IdentityError", "UnknownPeer", "PeerUnreachable", "SyncTimeout", "PeerRefused"]
+           "IdentityError", "UnknownPeer", "PeerUnreachable", "SyncTimeout", "PeerRefused",
+           "ListenError"]
 
 
 class IdentityError(SyncError):
@@ -38,3 +40,8 @@ class SyncTimeout(SyncError):
 
 class PeerRefused(SyncError):
     pass
+
+
+class ListenError(SyncError):
+    """The listening address is in use, not this machine's, or forbidden."""
+    exit_code = 12

@@ -1,8 +1,10 @@
-"""This device's TLS identity: a P-256 key pair and certificate made with the
-`openssl` command at `mycelium init`, and the device id derived from it.
+"""This device's TLS identity: a P-256 key pair and certificate made at
+`mycelium init` in pure Python (certgen.py; no `openssl` command), and the
+device id derived from it.
 
     device id = base32(sha256(certificate DER))[:28], grouped 7-7-7-7
-                (140 bits), e.g. "K3J5Q2M-..."; compare ids with normalize_id()
+                (140 bits), e.g. "K3J5Q2M-...", stored so; shown and typed with a
+                check character (devid.py)
 
 Peers authenticate each other by pinning: a connection is accepted only if
 the certificate the peer presents hashes to a device id we were told about
@@ -14,25 +16,25 @@ can mint certificates with it, and it only lets the TLS stack pass
 certificates through. Authentication is the pin, checked right after the
 handshake and before any sync message is read.
 
-Files (directory `sync/` of the data dir): key.pem (0600), cert.pem.
+Files (directory `sync/` of the data dir): key.pem (0600), cert.pem. A new
+pair is written key first, cert.pem last: cert.pem is the commit point, and
+a directory with key.pem but no cert.pem (a crash in between) gets a fresh
+pair at the next `mycelium init`; an old cert.pem is removed before a new
+key.pem is written, so a crash never leaves a cert.pem beside a key that is
+not its own.
 """
 import base64
 import hashlib
 import os
 import shutil
 import ssl
-import subprocess
-import tempfile
 
 from .errors import IdentityError
 
-__all__ = ["ensure_identity", "device_id", "cert_id", "normalize_id", "identity_paths",
-           "carrier_pem", "OPENSSL_HINT"]
+__all__ = ["ensure_identity", "device_id", "cert_id", "identity_paths",
+           "carrier_pem"]
 
 ID_CHARS = 28
-OPENSSL_HINT = ("the `openssl` command is needed to make this device's key: install it "
-                "(Debian/Raspberry Pi OS: `sudo apt-get install openssl`; Termux: "
-                "`pkg install openssl-tool`)")
 
 CARRIER_KEY = """-----BEGIN PRIVATE KEY-----
 MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgRiDgvFCniVlbnz7d
@@ -71,19 +73,9 @@ def cert_id(der: bytes) -> str:
     return "-".join(b[i:i + 7] for i in range(0, ID_CHARS, 7))
 
 
-def normalize_id(text: str) -> str:
-    """Canonical form of a device id typed by a user (case, dashes, spaces)."""
-    from ..errors import UsageError
-    s = "".join(ch for ch in text.upper() if ch not in "- \t")
-    if len(s) != ID_CHARS or any(ch not in "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567" for ch in s):
-        raise UsageError("%r is not a device id (28 letters and digits 2-7, as "
-                         "`mycelium id` prints on that device)" % text)
-    return "-".join(s[i:i + 7] for i in range(0, ID_CHARS, 7))
-
-
 def _damaged(cert):
     return IdentityError("%s is damaged; restore it (and key.pem) from a backup of this data "
-                         "directory, or move both away and run `mycelium init` to make a new "
+                         "directory, or run `mycelium init --new-identity` to make a new "
                          "identity (peers must then add the new id)" % cert)
 
 
@@ -108,49 +100,92 @@ def device_id(data_dir: str) -> str:
 
 
 def _record(data_dir, did):
-    """Write the new device id into identity.json (it checks cert.pem later)."""
+    """Write the device id into identity.json (None: forget it); device_id()
+    checks cert.pem against it from then on."""
     from .. import fs
     from ..identity import identity_path, read_identity
     ident = read_identity(data_dir)
     if ident.get("device_id") != did:
-        ident["device_id"] = did
+        if did is None:
+            ident.pop("device_id", None)
+        else:
+            ident["device_id"] = did
         fs.write_json(identity_path(data_dir), ident)
 
 
-def _openssl(*args, cwd):
-    exe = shutil.which("openssl")
-    if exe is None:
-        raise IdentityError(OPENSSL_HINT)
-    p = subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True)
-    if p.returncode:
-        raise IdentityError("openssl %s failed: %s" % (args[0], p.stderr.strip()[-500:]))
+def _lost(data_dir, recorded, missing):
+    from .devid import display_id
+    return IdentityError(
+        "%s is missing, so this device's identity (id %s) is incomplete. Restore "
+        "sync/key.pem and sync/cert.pem from a backup of this data directory; or, to give "
+        "this device a new id (every peer must then add it), run `mycelium init "
+        "--new-identity`" % (missing, display_id(recorded)))
 
 
-def ensure_identity(data_dir: str) -> str:
-    """Make this device's key and certificate if missing (idempotent); return its id."""
-    d, key, cert = identity_paths(data_dir)
-    if os.path.exists(key) and os.path.exists(cert):
-        return device_id(data_dir)
-    from .. import fs
-    fs.mkdir(d)
-    tmp = tempfile.mkdtemp(prefix=".identity-", dir=d)
+def _sweep(d):
+    """Remove `.identity-*` work directories an interrupted `init` of an
+    older version (which ran the openssl command) may have left; they hold
+    private keys."""
     try:
-        with open(os.path.join(tmp, "carrier.key"), "w") as f:
-            f.write(CARRIER_KEY)
-        with open(os.path.join(tmp, "carrier.pem"), "w") as f:
-            f.write(CARRIER_CERT)
-        os.chmod(tmp, 0o700)
-        _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                 "-nodes", "-keyout", "key.pem", "-out", "req.csr",
-                 "-subj", "/O=Mycelium/CN=mycelium device", cwd=tmp)
-        _openssl("x509", "-req", "-in", "req.csr", "-CA", "carrier.pem",
-                 "-CAkey", "carrier.key", "-set_serial", "0x" + os.urandom(16).hex(),
-                 "-days", "36500", "-sha256", "-out", "cert.pem", cwd=tmp)
-        for name, dst in (("key.pem", key), ("cert.pem", cert)):
-            with open(os.path.join(tmp, name), "rb") as f:  # the key stays 0600, whatever
-                fs.atomic_write(dst, f.read(), 0o600 if name == "key.pem" else None)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        names = os.listdir(d)
+    except FileNotFoundError:
+        return
+    for name in names:
+        if name.startswith(".identity-"):
+            shutil.rmtree(os.path.join(d, name), ignore_errors=True)
+
+
+def _usable(data_dir, key, cert):
+    """The id of the existing pair, if key.pem is cert.pem's key (IdentityError if not)."""
     did = device_id(data_dir)
-    _record(data_dir, did)
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
+    except (ssl.SSLError, ValueError, OSError):
+        raise _damaged(cert) from None
     return did
+
+
+def ensure_identity(data_dir: str, new: bool = False) -> str:
+    """This device's id, making its key and certificate if it has none yet
+    (idempotent). A finished identity (its id recorded in identity.json)
+    with a file missing is an IdentityError that says what to do, unless
+    `new` (`mycelium init --new-identity`) asks for a new pair. An
+    unfinished one (a crash during the first init) is made afresh.
+
+    Order: cert.pem removed, the recorded id forgotten, key.pem, cert.pem,
+    the id recorded. A crash at any step leaves either the old identity's
+    error, or no recorded id (the next call makes a pair), or a complete
+    pair whose id is recorded on the next call; never a key beside a
+    cert.pem that is not its own."""
+    from .. import fs
+    from ..identity import read_identity
+    d, key, cert = identity_paths(data_dir)
+    _sweep(d)
+    recorded = read_identity(data_dir).get("device_id")
+    have_key, have_cert = os.path.exists(key), os.path.exists(cert)
+    if have_key and have_cert and not new:
+        did = _usable(data_dir, key, cert)
+        if recorded is None:
+            _record(data_dir, did)
+        return did
+    if recorded is not None and not new:
+        raise _lost(data_dir, recorded, cert if not have_cert else key)
+    from .certgen import new_identity
+    try:
+        key_pem, cert_pem, der = new_identity(CARRIER_KEY, CARRIER_CERT)
+    except ValueError as e:     # a fault in certgen.py or in CARRIER_*, not in the data dir
+        raise IdentityError("cannot make this device's key: %s" % e) from None
+    did = cert_id(der)
+    fs.mkdir(d)
+    try:
+        fs.unlink(cert)     # never a cert.pem beside a key.pem that is not its key
+        fs.fsync_dir(d)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise fs.error(e, "remove", cert) from None
+    _record(data_dir, None)
+    fs.atomic_write(key, key_pem, 0o600)
+    fs.atomic_write(cert, cert_pem)
+    _record(data_dir, did)
+    return device_id(data_dir)

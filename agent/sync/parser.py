@@ -1,4 +1,4 @@
-"""The sync commands' arguments: `serve`, `sync`, `peer add|list`, `id`.
+"""The sync commands' arguments: `serve`, `sync`, `peer add|list|remove|rename`, `id`.
 
 Kept apart from commands.py so that building the parser (every mycelium
 command does) does not import asyncio, ssl and zstandard: a `get` must stay
@@ -51,28 +51,50 @@ def _lazy(name):
 
 
 def register(subparsers) -> None:
-    s = subparsers.add_parser("serve", help="sync continuously with every known peer")
+    from ..clihelp import add_command
+    s = add_command(subparsers, "serve", "sync continuously with every known peer")
     s.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
-                   help="where to accept peers (default %(default)s; port 0 picks a free "
-                        "one and prints it)")
+                   help="where to accept peers (default %(default)s; :PORT is every address, "
+                        "[ADDR]:PORT an IPv6 one, port 0 picks a free one and prints it)")
+    s.add_argument("--log-format", choices=("text", "json"),
+                   default=os.environ.get("MYCELIUM_LOG_FORMAT") or "text",
+                   help="the log on stderr: text lines with date, level and device "
+                        "(under systemd, journald priorities instead of dates), or one JSON "
+                        "object per line; default %(default)s, or $MYCELIUM_LOG_FORMAT")
     _add_skew(s)
     _add_unsigned(s)
     s.set_defaults(fn=_lazy("cmd_serve"))
-    s = subparsers.add_parser("sync", help="catch up once with PEER (a device id or its start)")
+    s = add_command(subparsers, "sync", "catch up once with PEER (its name, id or the start "
+                    "of its id)")
     s.add_argument("peer")
     s.add_argument("--progress", action="store_true",
                    help="draw a progress bar on stderr even when it is not a terminal")
     _add_skew(s)
     _add_unsigned(s)
     s.set_defaults(fn=_lazy("cmd_sync"))
-    s = subparsers.add_parser("peer", help="add or list peers")
+    s = add_command(subparsers, "peer", "add, list, rename or remove peers")
     psub = s.add_subparsers(dest="peer_cmd", metavar="ACTION")
     psub.required = True
-    a = psub.add_parser("add", help="add a peer by its device id and address")
+    a = add_command(psub, "add", "add a peer by its device id and address", key="peer add")
     a.add_argument("id", help="the id `mycelium id` prints on that device")
-    a.add_argument("addr", metavar="HOST:PORT")
+    a.add_argument("addr", metavar="HOST:PORT", nargs="?",
+                   help="where it listens; leave it out for a peer that only dials in "
+                        "(a phone on changing networks)")
+    a.add_argument("--name", help="a name to use instead of the id, e.g. garden-pi")
+    a.add_argument("--unchecked", action="store_true",
+                   help="take an id without its check character (devices before 0.5 print "
+                        "it so); check it by eye first")
     a.set_defaults(fn=_lazy("cmd_peer_add"))
-    a = psub.add_parser("list", help="known peers and how far behind each one is")
+    a = add_command(psub, "list", "known peers and how far behind each one is",
+                    key="peer list")
     a.set_defaults(fn=_lazy("cmd_peer_list"))
-    s = subparsers.add_parser("id", help="print this device's id (give it to peers)")
+    a = add_command(psub, "remove", "forget a peer: serve stops syncing with it and refuses "
+                    "its connections", key="peer remove")
+    a.add_argument("peer", help="its name, id or the start of its id")
+    a.set_defaults(fn=_lazy("cmd_peer_remove"))
+    a = add_command(psub, "rename", "give a peer a name", key="peer rename")
+    a.add_argument("peer", help="its name, id or the start of its id")
+    a.add_argument("name")
+    a.set_defaults(fn=_lazy("cmd_peer_rename"))
+    s = add_command(subparsers, "id", "print this device's id (give it to peers)")
     s.set_defaults(fn=_lazy("cmd_id"))

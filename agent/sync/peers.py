@@ -7,7 +7,9 @@ Both carry their own CRC (agent/fs.py write_json). A damaged peers.json is
 an error that names it; a damaged state.json (only what sync last learnt)
 is set aside and started afresh.
 
-peers.json: {"version": 1, "peers": {DEVICE_ID: {"addr": "HOST:PORT", "added": unix}}}
+peers.json: {"version": 1, "peers": {DEVICE_ID: {"addr": "HOST:PORT", "added": unix,
+                                                "name": str}}}
+            (no addr: the peer only dials in; no name: none given)
 state.json: {"version": 1, "device_id": ID, "vv": {actor_hex: seq}, "updated": unix,
              "peers": {DEVICE_ID: {"vv": {...}, "connected": bool, "last_sync": unix,
                                    "last_error": str|null}}}
@@ -19,7 +21,8 @@ import time
 from .. import fs
 from ..errors import StoreCorrupt, UsageError
 
-__all__ = ["load_peers", "add_peer", "parse_addr", "load_state", "save_state", "write_json"]
+__all__ = ["load_peers", "add_peer", "remove_peer", "rename_peer", "parse_addr", "format_addr",
+           "load_state", "save_state", "write_json"]
 
 
 def _paths(data_dir):
@@ -37,11 +40,29 @@ def _read_json(path, default):
                         "with `mycelium peer add ID HOST:PORT`", default=default)
 
 
-def parse_addr(text: str):
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise UsageError("%r is not HOST:PORT (e.g. 192.168.1.20:7420)" % text)
-    return host.strip("[]"), int(port)
+def parse_addr(text: str, listen: bool = False):
+    """'HOST:PORT' -> (host, port); an IPv6 host is written in brackets,
+    [fd00::20]:7420. With listen, ':PORT' means every address of this
+    machine (host None) and port 0 a free port."""
+    host, sep, port = (text or "").rpartition(":")
+    ok = sep and port.isdigit() and (0 if listen else 1) <= int(port) < 65536
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        ok = ok and ":" in host
+    elif ":" in host:
+        raise UsageError("%r: write an IPv6 address in brackets, e.g. [%s]:%s"
+                         % (text, host, port or "7420"))
+    if not ok or not (host or listen) or "[" in host or "]" in host:
+        raise UsageError("%r is not HOST:PORT (e.g. 192.168.1.20:7420%s)"
+                         % (text, ", or :7420 for every address" if listen else ""))
+    return host or None, int(port)
+
+
+def format_addr(host, port) -> str:
+    """(host, port) as HOST:PORT, an IPv6 host in brackets."""
+    if host is None:
+        host = "*"
+    return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
 
 
 def load_peers(data_dir) -> dict:
@@ -50,20 +71,56 @@ def load_peers(data_dir) -> dict:
     return _read_json(path, {"version": 1, "peers": {}}).get("peers", {})
 
 
-def add_peer(data_dir, device_id, addr) -> bool:
-    """Add or update a peer; returns True if it was new."""
+def _edit(data_dir, fn):
+    """Change peers.json under its lock: fn(peers) -> result."""
     d, path, _ = _paths(data_dir)
     fs.mkdir(d)
     lockfd = fs.open_fd(os.path.join(d, "peers.lock"), os.O_WRONLY | os.O_CREAT)
     with os.fdopen(lockfd, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         doc = _read_json(path, {"version": 1, "peers": {}})
-        peers = doc.setdefault("peers", {})
+        out = fn(doc.setdefault("peers", {}))
+        write_json(path, doc)
+    return out
+
+
+def _check_name(peers, device_id, name):
+    if not name or len(name) > 64 or any(ch.isspace() or not ch.isprintable() for ch in name):
+        raise UsageError("%r is not a peer name: use 1 to 64 characters without spaces, e.g. "
+                         "garden-pi" % name)
+    for other, e in peers.items():
+        if other != device_id and e.get("name") == name:
+            raise UsageError("the name %r is already peer %s's; pick another, or "
+                             "`mycelium peer rename` that one first" % (name, other))
+
+
+def add_peer(data_dir, device_id, addr, name=None) -> bool:
+    """Add or update a peer (addr None: it only dials in); True if it was new."""
+    def add(peers):
+        if name is not None:
+            _check_name(peers, device_id, name)
         new = device_id not in peers
         entry = peers.setdefault(device_id, {"added": int(time.time())})
-        entry["addr"] = addr
-        write_json(path, doc)
-    return new
+        if addr is None:
+            entry.pop("addr", None)
+        else:
+            entry["addr"] = addr
+        if name is not None:
+            entry["name"] = name
+        return new
+    return _edit(data_dir, add)
+
+
+def remove_peer(data_dir, device_id) -> dict:
+    """Forget a peer; returns its entry."""
+    return _edit(data_dir, lambda peers: peers.pop(device_id))
+
+
+def rename_peer(data_dir, device_id, name) -> None:
+    def rename(peers):
+        _check_name(peers, device_id, name)
+        peers[device_id]["name"] = name
+    _edit(data_dir, rename)
 
 
 def peers_mtime(data_dir):

@@ -315,8 +315,9 @@ class Session:
         self.signer, self.head_store = sync_parts(node)
         self.accept_unsigned = (accept_unsigned_default() if accept_unsigned is None
                                 else accept_unsigned)
-        self.device_id = device_id
-        self.expect_peer = peer_id
+        from .devid import stored_id   # ids as stored, also when given as shown
+        self.device_id = stored_id(device_id)
+        self.expect_peer = None if peer_id is None else stored_id(peer_id)
         self.live = live
         self.recent = recent if recent is not None else Recent()
         self.batch_bytes = min(batch_bytes, MAX_DECODED // 2)

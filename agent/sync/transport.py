@@ -88,24 +88,28 @@ def peer_device_id(writer) -> str:
 
 
 async def connect(host, port, ctx, expect_id, timeout=HANDSHAKE_TIMEOUT):
-    """Open a pinned TLS connection; returns (reader, writer)."""
+    """Open a pinned TLS connection; returns (reader, writer). expect_id:
+    the peer's device id, stored or as shown (with its check character)."""
+    from .devid import stored_id
+    expect_id = stored_id(expect_id)
     try:
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(host, port, ssl=ctx, ssl_handshake_timeout=timeout),
             timeout + 1)
     except asyncio.TimeoutError:
-        raise SyncTimeout("no TLS handshake with %s:%s within %.0f s" % (host, port, timeout)) \
+        raise SyncTimeout("no TLS handshake with %s within %.0f s" % (_addr(host, port), timeout)) \
             from None
     except (OSError, ssl.SSLError) as e:
-        raise PeerUnreachable("cannot connect to %s:%s: %s (is `mycelium serve` running there, "
+        raise PeerUnreachable("cannot connect to %s: %s (is `mycelium serve` running there, "
                               "and is the address in `mycelium peer list` right?)"
-                              % (host, port, e)) from None
+                              % (_addr(host, port), e.strerror or e)) from None
     got = peer_device_id(writer)
     if got != expect_id:
         writer.close()
-        raise UnknownPeer("%s:%s presented device id %s, not %s; if that device was "
+        from .devid import display_id
+        raise UnknownPeer("%s presented device id %s, not %s; if that device was "
                           "reinstalled, add its new id with `mycelium peer add`"
-                          % (host, port, got, expect_id))
+                          % (_addr(host, port), display_id(got), display_id(expect_id)))
     return reader, writer
 
 
@@ -188,3 +192,7 @@ async def drive(session: Session, reader, writer, *, until_caught_up=False, wake
         except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError):
             pass
     return session
+
+
+def _addr(host, port):
+    return "[%s]:%s" % (host, port) if ":" in str(host) else "%s:%s" % (host, port)

@@ -16,7 +16,7 @@
 # with a wasmtime-VERSION.dist-info beside it and rebuild.
 #
 # Steps on the device (first time, ~20-40 min on a phone, mostly Nuitka's C phase):
-#   pkg update && pkg install python clang make patchelf ccache binutils git openssl-tool libsodium
+#   pkg update && pkg install python clang make patchelf ccache binutils git libsodium
 #   git clone <this repo> && cd mycelium && sh packaging/termux/build.sh
 set -eu
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
@@ -44,8 +44,6 @@ if [ "$on_termux" = 1 ]; then
   for t in clang make patchelf; do
     command -v "$t" >/dev/null || die "no $t: pkg install clang make patchelf ccache binutils"
   done
-  # `mycelium init` makes the sync identity with the openssl command
-  command -v openssl >/dev/null || die "no openssl: pkg install openssl-tool"
   # PyNaCl (actor keys and signatures) builds against Termux's libsodium
   [ -e "$PREFIX/include/sodium.h" ] || die "no libsodium: pkg install libsodium"
   export SODIUM_INSTALL=system

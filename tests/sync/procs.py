@@ -19,10 +19,12 @@ def cmd(data_dir, *args, check=0, timeout=60):
 
 
 def init(data_dir):
+    """Make a data directory; its device id as `mycelium id` prints it."""
     from agent.node import init_identity
+    from agent.sync.devid import display_id
     from agent.sync.identity import ensure_identity
     init_identity(data_dir)
-    return ensure_identity(data_dir)
+    return display_id(ensure_identity(data_dir))
 
 
 class Serve:

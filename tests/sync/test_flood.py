@@ -162,9 +162,10 @@ def test_a_pinned_peer_with_many_sessions_of_bombs_is_bounded(tmp_path):
     a = str(tmp_path / "a")
     ida = init(a)
     evil = make_node(tmp_path / "evil")
+    from agent.sync.devid import display_id
     from agent.sync.identity import ensure_identity
     ide = ensure_identity(str(tmp_path / "evil"))
-    cmd(a, "peer", "add", ide, "127.0.0.1:9")
+    cmd(a, "peer", "add", display_id(ide), "127.0.0.1:9")
     srv = Serve(a)
     cg = _confine(srv.p.pid, "mycelium-bombs-%d" % os.getpid())
     host, port = srv.addr.rsplit(":", 1)

@@ -7,6 +7,7 @@ import re
 
 from agent.node import Node
 from agent.store.big import MAX_RECORD
+from agent.sync.devid import normalize_id
 
 from .helpers import pair, run
 from .procs import Serve, cmd, init, wait_for
@@ -196,7 +197,7 @@ def test_a_pinned_peer_relaying_a_forged_change_gets_it_refused_and_reported(tmp
     st = json.loads(cmd(b, "--json", "stats").stdout)
     assert st["refused_changes"] == 1
     with open(os.path.join(b, "sync", "state.json")) as f:
-        assert json.load(f)["peers"][idm]["refused"] == 1
+        assert json.load(f)["peers"][normalize_id(idm)]["refused"] == 1
     with Node(x) as nx:
         nx.put("c", {"n": Inc(1)})
     srv = Serve(x)
