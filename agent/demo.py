@@ -50,6 +50,7 @@ def _state_vv(d):
 def sync_with_daemons(dirs, names, timeout=30.0):
     """Start one `serve` per directory, peer them all, wait until their
     version vectors agree, stop them. Returns (seconds, agreed)."""
+    from .sync.devid import display_id
     from .sync.identity import ensure_identity
     from .sync.peers import add_peer
     base, env = _agent_cmd(), _env()
@@ -67,7 +68,7 @@ def sync_with_daemons(dirs, names, timeout=30.0):
                 raise RuntimeError("serve did not start; see %s" % os.path.join(d, "serve.log"))
             addrs.append(json.loads(line)["listening"])
         for name, did, addr in zip(names, ids, addrs):
-            print("  %-11s serve on %s  id %s" % (name, addr, did))
+            print("  %-11s serve on %s  id %s" % (name, addr, display_id(did)))
         for i, d in enumerate(dirs):
             for j in range(len(dirs)):
                 if i != j:
