@@ -45,7 +45,11 @@ Reads (get, scan, stats, watch, peer list) open the data directory read-only
 and write nothing; they work beside a running writer.
 
 The data directory defaults to $XDG_DATA_HOME/mycelium, else
-~/.local/share/mycelium; set it with --data-dir or MYCELIUM_DATA_DIR. Its
+~/.local/share/mycelium (for root, /var/lib/mycelium when the service's is
+there); set it with --data-dir or MYCELIUM_DATA_DIR. As root, on a data
+directory another user owns (the service's), only reads run: run writes as
+that user (sudo -u mycelium mycelium ...), so that no root-owned file is left
+there. Its
 files are the owner's alone (0600, 0700); MYCELIUM_GROUP=NAME makes what is
 created readable by group NAME (0640, 02750).
 """
@@ -491,11 +495,10 @@ def _count(text):
 def build_parser():
     from . import __version__
     from .clihelp import add_command
-    from .node import default_data_dir
     p = argparse.ArgumentParser(
         prog="mycelium", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Local-first sync agent: CRDT records on this device, synced with peers.")
-    p.add_argument("--data-dir", default=os.environ.get("MYCELIUM_DATA_DIR") or default_data_dir(),
+    p.add_argument("--data-dir", default=_default_data_dir(),
                    help="where the store and log live (default: %(default)s)")
     p.add_argument("--version", action="version", version="mycelium " + __version__)
     p.add_argument("--json", action="store_true",
@@ -551,6 +554,18 @@ def build_parser():
     s.add_argument("--keep-log", action="store_true",
                    help="write the snapshot only; drop no log segment")
     s.set_defaults(fn=cmd_compact)
+    s = add_command(
+        sub, "status", "this device, serve, its peers and health; exit 0 healthy, 1 "
+        "degraded, 2 down",
+        description="This device, whether `mycelium serve` runs on it, each peer with its "
+        "lag and last sync, and health. Exit 0 when healthy; 1 when degraded (serve runs, "
+        "but `mycelium check` finds something, or a peer has not synced for --stale "
+        "seconds, or never); 2 when down (serve is not running, or the data directory "
+        "cannot be read). Read-only: it works beside serve.")
+    s.add_argument("--stale", type=float, default=3600, metavar="SECONDS",
+                   help="a peer not synced for this long makes the device degraded "
+                        "(default %(default)s)")
+    s.set_defaults(fn=_lazy_status)
     s = add_command(sub, "stats", "counts, sizes and the engine in use")
     s.set_defaults(fn=cmd_stats)
     s = add_command(
@@ -615,10 +630,62 @@ def _group_access():
     set_group_access(gid)
 
 
+SERVICE_DATA_DIR = "/var/lib/mycelium"   # packaging/systemd/mycelium.service
+
+
+def _default_data_dir():
+    """$MYCELIUM_DATA_DIR, else for root the service's directory when there
+    is one (root's own would be a second, empty device), else the user's."""
+    from .node import default_data_dir
+    env = os.environ.get("MYCELIUM_DATA_DIR")
+    if env:
+        return env
+    if os.geteuid() == 0 and os.path.exists(os.path.join(SERVICE_DATA_DIR, "identity.json")):
+        return SERVICE_DATA_DIR
+    return default_data_dir()
+
+
+READ_ONLY = {"get", "scan", "stats", "status", "watch", "check", "id", "demo"}
+
+
+def _lazy_status(args):
+    from .status import cmd_status
+    return cmd_status(args)
+
+
+def _as_owner(args):
+    """Root may read a data directory another user owns (the service's), but
+    a write would leave root-owned files there that the service, running as
+    that user, could not open ("Permission denied"): refused, with the
+    command to run instead."""
+    if os.geteuid() != 0:
+        return
+    try:
+        st = os.stat(args.data_dir)
+    except OSError:
+        return              # init makes it: root's, as asked
+    if st.st_uid == 0:
+        return
+    sub = getattr(args, "peer_cmd", None)
+    if args.cmd in READ_ONLY or (args.cmd == "peer" and sub == "list") or (
+            args.cmd == "pending" and not args.release):
+        return
+    import pwd
+    try:
+        user = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        user = "#%d" % st.st_uid
+    raise UsageError("%s belongs to user %s (the service's?); a write as root would leave "
+                     "files there that %s cannot open. Run it as that user: sudo -u %s "
+                     "mycelium --data-dir %s %s ..." % (args.data_dir, user, user, user,
+                                                        args.data_dir, args.cmd))
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         _group_access()
+        _as_owner(args)
         if args.cmd not in ("init", "demo") and not os.path.exists(
                 os.path.join(args.data_dir, "identity.json")):
             raise UsageError("%s is not a Mycelium data directory; run `mycelium init` "

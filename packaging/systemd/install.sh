@@ -41,6 +41,17 @@ if [ ! -f /var/lib/mycelium/identity.json ]; then
 fi
 install -m 0644 "$UNIT" /etc/systemd/system/mycelium.service
 systemctl daemon-reload
-systemctl enable --now mycelium.service
+systemctl enable mycelium.service
+# start it, or restart it on the new binary when this is an upgrade
+systemctl restart mycelium.service
+# a packed binary unpacks into /var/cache/mycelium/bin-ID (packaging/launcher):
+# drop the copies of earlier builds; the new one's id is in the file's trailer
+if [ "$(tail -c 8 /usr/local/bin/mycelium)" = "MYCPACK1" ]; then
+  id=$(tail -c 40 /usr/local/bin/mycelium | head -c 32)
+  for old in /var/cache/mycelium/bin-*; do
+    [ -e "$old" ] || continue
+    [ "$old" = "/var/cache/mycelium/bin-$id" ] || rm -rf "$old"
+  done
+fi
 echo "installed; this device's id (give it to peers):"
 runuser -u mycelium -- env XDG_CACHE_HOME=/var/cache /usr/local/bin/mycelium --data-dir /var/lib/mycelium id
