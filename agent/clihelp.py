@@ -53,6 +53,10 @@ It follows the op log, so it sees local writes, `serve`'s and synced changes."""
     "stats": """\
   mycelium stats
   mycelium --json stats | python3 -m json.tool""",
+    "status": """\
+  mycelium status                         # exit 0 healthy, 1 degraded, 2 down
+  mycelium status --stale 600             # a peer silent for 10 min is trouble
+  mycelium --json status""",
     "check": """\
   mycelium check && echo healthy          # for cron or a monitoring probe
   mycelium --json check""",
@@ -70,13 +74,13 @@ It follows the op log, so it sees local writes, `serve`'s and synced changes."""
   mycelium sync K3J5Q2M                   # the start of a known peer's id is enough
   mycelium sync K3J5Q2M --progress""",
     "peer": """\
-  mycelium peer add K3J5Q2M-ABCDEFG-HIJKLMN-OPQRSTU-V 192.168.1.20:7420 --name garden-pi
+  mycelium peer add K3J5Q2M-ABCDEFG-HIJKLMN-OPQRSTU-H 192.168.1.20:7420 --name garden-pi
   mycelium peer list
   mycelium peer rename garden-pi shed-pi
   mycelium peer remove shed-pi""",
     "peer add": """\
-  mycelium peer add K3J5Q2M-ABCDEFG-HIJKLMN-OPQRSTU-V 192.168.1.20:7420
-  mycelium peer add K3J5Q2M-ABCDEFG-HIJKLMN-OPQRSTU-V [fd00::20]:7420 --name garden-pi
+  mycelium peer add K3J5Q2M-ABCDEFG-HIJKLMN-OPQRSTU-H 192.168.1.20:7420
+  mycelium peer add K3J5Q2M-ABCDEFG-HIJKLMN-OPQRSTU-H [fd00::20]:7420 --name garden-pi
 Run `mycelium id` on the other device to get its id; its last group is a check
 character, so a mistyped id is refused. Add this device on the other one too.""",
     "peer list": """\

@@ -154,3 +154,18 @@ def test_api_errors_are_agent_errors(tmp_path):
 
 def test_limit_and_count_refuse_negative_numbers(d):
     assert "count" in run(d, "scan", "--limit", "-1", check=2).stderr
+
+
+def test_the_ids_in_help_and_docs_are_valid():
+    """Examples people copy must pass `peer add`'s check."""
+    import re
+    from agent.sync.devid import normalize_id
+    from agent.clihelp import EXAMPLES
+    texts = list(EXAMPLES.values())
+    for doc in ("README.md", "docs/OPERATIONS.md", "docs/SYNC.md"):
+        with open(os.path.join(ROOT, doc)) as f:
+            texts.append(f.read())
+    ids = [m for t in texts for m in re.findall(r"\b(?:[A-Z2-7]{7}-){4}[A-Z2-7]\b", t)]
+    assert len(ids) >= 6
+    for i in ids:
+        normalize_id(i)

@@ -19,7 +19,7 @@ from .session import Session
 from .transport import client_context, connect, drive
 
 __all__ = ["cmd_serve", "cmd_sync", "cmd_peer_add", "cmd_peer_list", "cmd_peer_remove",
-           "cmd_peer_rename", "cmd_id"]
+           "cmd_peer_rename", "cmd_id", "peer_rows"]
 
 
 
@@ -82,18 +82,12 @@ def cmd_peer_rename(args):
     return 0
 
 
-def _our_vv(args, state):
-    """Our version vector, read from the store (read-only, beside a running
-    serve too)."""
-    from ..node import Node
-    with Node(args.data_dir, readonly=True) as n:
-        return dict(n.vv), "store"
-
-
-def cmd_peer_list(args):
-    peers = _known(args.data_dir)
-    state = P.load_state(args.data_dir)
-    ours, source = _our_vv(args, state)
+def peer_rows(data_dir, ours) -> list:
+    """Each known peer, as `peer list` and `status` show it: id (as shown),
+    name, addr, behind/ahead (None: never synced), connected, last_sync,
+    last_error."""
+    peers = _known(data_dir)
+    state = P.load_state(data_dir)
     rows = []
     for did, entry in sorted(peers.items()):
         st = state.get("peers", {}).get(did, {})
@@ -104,6 +98,20 @@ def cmd_peer_list(args):
                      "ahead": P.behind(pvv, ours) if pvv is not None else None,
                      "connected": st.get("connected", False),
                      "last_sync": st.get("last_sync"), "last_error": st.get("last_error")})
+    return rows
+
+
+def _our_vv(args, state):
+    """Our version vector, read from the store (read-only, beside a running
+    serve too)."""
+    from ..node import Node
+    with Node(args.data_dir, readonly=True) as n:
+        return dict(n.vv), "store"
+
+
+def cmd_peer_list(args):
+    ours, source = _our_vv(args, None)
+    rows = peer_rows(args.data_dir, ours)
     if args.json:
         for r in rows:
             print(json.dumps(r))

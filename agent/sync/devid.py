@@ -6,7 +6,7 @@ cert_id); that is what peers.json and state.json hold and what a connection
 is pinned to. People see it with a check character appended, as a fifth
 group:
 
-    K3J5Q2M-ABCDEFG-HIJKLMN-OPQRSTU-V
+    K3J5Q2M-ABCDEFG-HIJKLMN-OPQRSTU-H
 
 The check is Luhn's algorithm mod 32 over the base32 digits: every single
 mistyped character is caught, and nearly every swap of two neighbours. An id
