@@ -53,16 +53,33 @@ else
   say "not on Termux: checking the reference-engine path with $PY only"
 fi
 
-# the agent must run on the reference engine, with no wasmtime at all
+# ---- the build environment: a venv with the runtime dependencies (no
+# wasmtime: there is no Android build). The self-check below runs in it, so
+# it checks what gets installed, not whatever the system python happens to have.
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT INT TERM
-MYCELIUM_CORE=reference PYTHONPATH="$REPO" "$PY" - "$tmp/d" <<'PY' || die "reference-engine self-check failed"
+venv=${MYCELIUM_BUILD_VENV:-$HOME/.cache/mycelium-build/venv}
+if [ ! -x "$venv/bin/python" ]; then
+  say "making the build venv $venv"
+  "$PY" -m venv "$venv" || die "cannot make a venv with $PY (Debian: apt-get install python3-venv)"
+fi
+# zstandard, pyroaring and psutil compile from source with Termux's clang
+# when no wheel fits
+grep -v '^wasmtime' "$REPO/packaging/requirements-runtime.txt" > "$tmp/req.txt"
+say "installing the runtime dependencies into the venv"
+"$venv/bin/pip" install -q --disable-pip-version-check -r "$tmp/req.txt" \
+  || die "pip could not install the runtime dependencies (see above)"
+
+# the agent must run on the reference engine, with no wasmtime at all
+MYCELIUM_CORE=reference PYTHONPATH="$REPO" "$venv/bin/python" - "$tmp/d" <<'PY' || die "reference-engine self-check failed"
 import sys
 from agent.core import load_engine
 from agent.node import Node, init_identity
 from agent.values import Inc
 assert load_engine().name == "reference"
 init_identity(sys.argv[1])
+from agent.sync.identity import ensure_identity  # the TLS identity, made in Python
+ensure_identity(sys.argv[1])
 with Node.open(sys.argv[1]) as n:
     n.put("k", {"n": Inc(2), "s": "x"})
     assert n.get("k") == {"n": 2, "s": "x"}, n.get("k")
@@ -72,14 +89,6 @@ PY
 [ "$on_termux" = 1 ] || die "building and installing runs on the device only (use --check here)"
 
 # ---- build on the device
-venv=$HOME/.cache/mycelium-build/venv
-if [ ! -x "$venv/bin/python" ]; then
-  say "making the build venv $venv"
-  "$PY" -m venv "$venv"
-fi
-# no wasmtime (no Android build); zstandard, pyroaring and psutil compile from
-# source with Termux's clang when no wheel fits
-grep -v '^wasmtime' "$REPO/packaging/requirements-runtime.txt" > "$tmp/req.txt"
 if [ "$MODE" = pip ]; then
   "$venv/bin/pip" install -q -r "$tmp/req.txt" "$REPO"
   ln -sf "$venv/bin/mycelium" "$PREFIX/bin/mycelium"
