@@ -504,7 +504,9 @@ def build_parser():
     p.add_argument("--json", action="store_true",
                    help="machine-readable output: JSON on stdout, also for errors")
     p.add_argument("--durable", action="store_true",
-                   help="fsync every write before acknowledging it (default: fsync every 100 ms)")
+                   default=os.environ.get("MYCELIUM_DURABLE", "") not in ("", "0", "false"),
+                   help="fsync every write before acknowledging it (default: fsync every 100 "
+                        "ms; or durable = true in mycelium.toml, MYCELIUM_DURABLE=1)")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
     sub.required = True
     s = add_command(sub, "init", "create the data directory and this device's identity")
@@ -612,6 +614,15 @@ def build_parser():
                         "whatever their stamps; 'all' for every device")
     s.set_defaults(fn=cmd_pending)
     sync_parser.register(sub)
+    s = add_command(sub, "config", "the settings in effect and where each comes from",
+                    description="Settings come from flags, then the environment, then "
+                    "DATA_DIR/mycelium.toml, then /etc/mycelium/mycelium.toml, then the "
+                    "defaults (docs/OPERATIONS.md, \"Configuration\").")
+    csub = s.add_subparsers(dest="config_cmd", metavar="ACTION")
+    csub.required = True
+    c = add_command(csub, "show", "print each setting, its value and its source",
+                    key="config show")
+    c.set_defaults(fn=_lazy_config_show)
     return p
 
 
@@ -645,7 +656,12 @@ def _default_data_dir():
     return default_data_dir()
 
 
-READ_ONLY = {"get", "scan", "stats", "status", "watch", "check", "id", "demo"}
+READ_ONLY = {"get", "scan", "stats", "status", "watch", "check", "id", "demo", "config"}
+
+
+def _lazy_config_show(args):
+    from .config import cmd_config_show
+    return cmd_config_show(args)
 
 
 def _lazy_status(args):
@@ -682,11 +698,21 @@ def _as_owner(args):
 
 
 def main(argv=None) -> int:
+    from .config import apply
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        sources = apply(argv, _default_data_dir)
+    except AgentError as e:
+        print("mycelium: %s" % e, file=sys.stderr)
+        if not {"-h", "--help", "--version"} & set(argv):   # help still helps
+            return e.exit_code
+        sources = {}
     args = build_parser().parse_args(argv)
+    args.config_sources, args.argv = sources, argv
     try:
         _group_access()
         _as_owner(args)
-        if args.cmd not in ("init", "demo") and not os.path.exists(
+        if args.cmd not in ("init", "demo", "config") and not os.path.exists(
                 os.path.join(args.data_dir, "identity.json")):
             raise UsageError("%s is not a Mycelium data directory; run `mycelium init` "
                              "first (or pass --data-dir)" % args.data_dir)

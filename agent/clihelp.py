@@ -73,6 +73,12 @@ It follows the op log, so it sees local writes, `serve`'s and synced changes."""
     "sync": """\
   mycelium sync K3J5Q2M                   # the start of a known peer's id is enough
   mycelium sync K3J5Q2M --progress""",
+    "config": """\
+  mycelium config show                    # every setting, its value and its source
+  echo 'durable = true' >> ~/.local/share/mycelium/mycelium.toml""",
+    "config show": """\
+  mycelium config show
+  mycelium --json config show""",
     "peer": """\
   mycelium peer add K3J5Q2M-ABCDEFG-HIJKLMN-OPQRSTU-H 192.168.1.20:7420 --name garden-pi
   mycelium peer list

@@ -53,7 +53,8 @@ def _lazy(name):
 def register(subparsers) -> None:
     from ..clihelp import add_command
     s = add_command(subparsers, "serve", "sync continuously with every known peer")
-    s.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
+    s.add_argument("--listen", default=os.environ.get("MYCELIUM_LISTEN") or DEFAULT_LISTEN,
+                   metavar="HOST:PORT",
                    help="where to accept peers (default %(default)s; :PORT is every address, "
                         "[ADDR]:PORT an IPv6 one, port 0 picks a free one and prints it)")
     s.add_argument("--log-format", choices=("text", "json"),

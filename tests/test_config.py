@@ -1,0 +1,107 @@
+"""mycelium.toml (issue 14): /etc/mycelium and the data directory, the
+environment over both, flags over all; `config show` names each source; a
+bad file is a usage error that names the file and the key, and nothing runs.
+Real processes."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from agent import config
+from tests.test_cli import d  # noqa: F401  (the fixture: an initialised data directory)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(d, *args, env_extra=None, check=None):
+    env = dict(os.environ, PYTHONPATH=ROOT, **(env_extra or {}))
+    for k in [k for k in env if k.startswith("MYCELIUM_")]:
+        if k not in (env_extra or {}):
+            del env[k]
+    p = subprocess.run([sys.executable, "-m", "agent", "--data-dir", d, *args],
+                       capture_output=True, text=True, env=env, timeout=60)
+    if check is not None:
+        assert p.returncode == check, (args, p.stdout, p.stderr)
+    assert "Traceback" not in p.stderr
+    return p
+
+
+
+def _show(d, *args, **kw):
+    return json.loads(run(d, "--json", *args, "config", "show", check=0, **kw).stdout)
+
+
+def test_file_env_and_flag_precedence(d):
+    with open(os.path.join(d, "mycelium.toml"), "w") as f:
+        f.write('durable = true\nmax_skew = 600\nlisten = ":7460"\nlog_format = "json"\n')
+    s = _show(d)
+    path = os.path.join(d, "mycelium.toml")
+    assert s["durable"] == {"value": True, "source": path}
+    assert s["max_skew"] == {"value": 600, "source": path}
+    assert s["compact_mb"] == {"value": 8, "source": "default"}
+    assert s["data_dir"]["source"] == "flag"
+    s = _show(d, env_extra={"MYCELIUM_MAX_SKEW": "30"})
+    assert s["max_skew"] == {"value": "30", "source": "env MYCELIUM_MAX_SKEW"}
+    s = _show(d, "--durable")
+    assert s["durable"]["source"] == "flag"
+
+
+def test_serve_uses_the_files_listen_and_log_format(d):
+    import socket
+    with socket.socket() as so:
+        so.bind(("127.0.0.1", 0))
+        port = so.getsockname()[1]
+    with open(os.path.join(d, "mycelium.toml"), "w") as f:
+        f.write('listen = "127.0.0.1:%d"\nlog_format = "json"\n' % port)
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    env.pop("MYCELIUM_LISTEN", None)
+    env.pop("MYCELIUM_LOG_FORMAT", None)
+    p = subprocess.Popen([sys.executable, "-m", "agent", "--data-dir", d, "--json", "serve"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = json.loads(p.stdout.readline())
+    finally:
+        p.terminate()
+        _, err = p.communicate(timeout=30)
+    assert line["listening"] == "127.0.0.1:%d" % port
+    assert json.loads(err.splitlines()[0])["msg"].startswith("listening on")
+
+
+def test_etc_file_names_the_data_dir(tmp_path, d, monkeypatch):
+    etc = tmp_path / "etc.toml"
+    etc.write_text('data_dir = "%s"\ncompact_mb = 2\n' % d)
+    monkeypatch.delenv("MYCELIUM_DATA_DIR", raising=False)
+    monkeypatch.delenv("MYCELIUM_COMPACT_MB", raising=False)
+    got = config.apply([], lambda: "/nowhere", etc_path=str(etc))
+    assert got["data_dir"] == (d, str(etc)) and got["compact_mb"] == (2, str(etc))
+    assert os.environ["MYCELIUM_COMPACT_MB"] == "2"
+    local = os.path.join(d, "mycelium.toml")
+    with open(local, "w") as f:
+        f.write("compact_mb = 4\n")
+    monkeypatch.delenv("MYCELIUM_COMPACT_MB")
+    assert config.apply([], lambda: "/nowhere", etc_path=str(etc))["compact_mb"] == (4, local)
+    with open(local, "w") as f:
+        f.write('data_dir = "/x"\n')
+    with pytest.raises(config.UsageError, match="only be set in"):
+        config.apply([], lambda: "/nowhere", etc_path=str(etc))
+
+
+@pytest.mark.parametrize("text,words", [
+    ('durable = "yes"\n', ["durable", "true or false"]),
+    ("max_skew = [1]\n", ["max_skew", "a number"]),
+    ('log_format = "xml"\n', ["log_format", "text, json"]),
+    ("listen = \n", ["not valid TOML"]),
+    ("lisen = \":1\"\n", ["unknown setting 'lisen'", "listen"]),
+    ("[relay]\nurl = \"nats://x\"\n", ["relay", "not in this version"]),
+])
+def test_a_bad_file_is_refused_and_nothing_runs(d, text, words):
+    run(d, "put", "k", "v=1", check=0)
+    with open(os.path.join(d, "mycelium.toml"), "w") as f:
+        f.write(text)
+    for args in (("put", "k", "v=2"), ("get", "k"), ("config", "show")):
+        p = run(d, *args, check=2)
+        assert "mycelium.toml" in p.stderr and all(w in p.stderr for w in words), p.stderr
+    os.unlink(os.path.join(d, "mycelium.toml"))
+    assert json.loads(run(d, "--json", "get", "k", check=0).stdout)["fields"] == {"v": "1"}
