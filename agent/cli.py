@@ -452,6 +452,32 @@ def cmd_compact(args):
     return EXIT_OK
 
 
+def cmd_backup(args):
+    """A consistent snapshot of this device, also while serve runs."""
+    with _open(args) as n:
+        got = n.backup(args.file)
+    if args.json:
+        print(json.dumps(got))
+    else:
+        print("backed up %d record(s) to %s (%s) in %.2f s%s" % (
+            got["records"], got["path"], _mb(got["bytes"]), got["seconds"],
+            " by the running serve" if getattr(n, "remote", False) else ""))
+    return EXIT_OK
+
+
+def cmd_restore(args):
+    from .history.backup import restore
+    got = restore(os.path.abspath(args.file), args.data_dir, durable=args.durable)
+    if args.json:
+        print(json.dumps(got))
+    else:
+        print("restored %d record(s) into %s: a new device, actor %s, device id %s"
+              % (got["records"], got["data_dir"], got["actor"], got["device_id"]))
+        print("add it on its peers (mycelium peer add %s HOST:PORT) and they send it what "
+              "was written after the backup" % got["device_id"], file=sys.stderr)
+    return EXIT_OK
+
+
 def _mb(n):
     return "%.1f MB" % (n / 1e6) if n >= 100_000 else "%d B" % n
 
@@ -568,6 +594,24 @@ def build_parser():
                    help="a peer not synced for this long makes the device degraded "
                         "(default %(default)s)")
     s.set_defaults(fn=_lazy_status)
+    s = add_command(
+        sub, "backup", "write this device's whole state to FILE, also while serve runs",
+        description="Write every record with its CRDT metadata, what this device holds and "
+        "its signed heads to FILE (a snapshot file, docs/FORMAT.md), consistent as of one "
+        "moment. While `mycelium serve` runs, serve writes it (its user must be able to "
+        "write FILE). FILE is written whole or not at all. `mycelium restore` makes a new "
+        "device from it.")
+    s.add_argument("file", metavar="FILE")
+    s.set_defaults(fn=cmd_backup)
+    s = add_command(
+        sub, "restore", "make a new data directory from a backup (a new device)",
+        description="Make --data-dir (new or empty) from a backup FILE. The restored device "
+        "gets a fresh actor id and device id, so it never writes under the old device's "
+        "ids; add it on its peers, which send it what was written after the backup. The "
+        "file is checked whole first; a restore cut short is started again by running it "
+        "again.")
+    s.add_argument("file", metavar="FILE")
+    s.set_defaults(fn=cmd_restore)
     s = add_command(sub, "stats", "counts, sizes and the engine in use")
     s.set_defaults(fn=cmd_stats)
     s = add_command(
@@ -712,7 +756,7 @@ def main(argv=None) -> int:
     try:
         _group_access()
         _as_owner(args)
-        if args.cmd not in ("init", "demo", "config") and not os.path.exists(
+        if args.cmd not in ("init", "demo", "config", "restore") and not os.path.exists(
                 os.path.join(args.data_dir, "identity.json")):
             raise UsageError("%s is not a Mycelium data directory; run `mycelium init` "
                              "first (or pass --data-dir)" % args.data_dir)

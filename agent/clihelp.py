@@ -50,6 +50,12 @@ It follows the op log, so it sees local writes, `serve`'s and synced changes."""
     "compact": """\
   mycelium compact                        # snapshot, then drop what every peer holds
   mycelium compact --keep-log             # the snapshot only""",
+    "backup": """\
+  mycelium backup /mnt/usb/garden-pi.snap        # also while serve runs
+  sudo -u mycelium mycelium --data-dir /var/lib/mycelium backup /var/backups/m.snap""",
+    "restore": """\
+  mycelium --data-dir ~/restored restore /mnt/usb/garden-pi.snap
+  mycelium --data-dir ~/restored id               # its new id: add it on the peers""",
     "stats": """\
   mycelium stats
   mycelium --json stats | python3 -m json.tool""",

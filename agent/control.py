@@ -3,7 +3,7 @@ the other mycelium commands on this machine read and write through it.
 
 One JSON object per line each way, over a Unix socket `control.sock` in the
 data directory (mode 0600: only its owner may use it). A request is
-{"op": "put" | "get" | "del" | "scan" | "stats" | "compact", ...}; a reply is
+{"op": "put" | "get" | "del" | "scan" | "stats" | "compact" | "backup", ...}; a reply is
 {"ok": result} or {"error": class name, "message": text}. A scan with
 "stream": true is answered by lines of {"rows": [...]} (256 records or 1 MiB
 at most each, the socket drained between them) and then {"ok": count}, so the
@@ -207,6 +207,8 @@ class ControlServer:
                 return {"ok": dict(node.stats(), served_by="mycelium serve")}
             if op == "compact":
                 return {"ok": node.compact(drop=not req.get("keep_log"))}
+            if op == "backup":
+                return {"ok": node.backup(str(req["path"]))}
             raise errors.UsageError("unknown control op %r" % (op,))
         except errors.AgentError as e:
             return {"error": type(e).__name__, "message": str(e)}
@@ -305,6 +307,9 @@ class RemoteNode:
 
     def compact(self, drop=True):
         return self._call(op="compact", keep_log=not drop)
+
+    def backup(self, path):
+        return self._call(op="backup", path=os.path.abspath(path))
 
     def release_due(self, force=True, actor=None):
         return self._call(op="release", actor=None if actor is None else "%016x" % actor)

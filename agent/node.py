@@ -853,6 +853,12 @@ class Node(Recovery, Forks):
         from .history.compact import compact
         return compact(self, drop)
 
+    def backup(self, path: str) -> dict:
+        """Write this device's whole state to path as a snapshot file, at once
+        and consistent (agent/history/backup.py; `mycelium restore` reads it)."""
+        from .history.backup import backup
+        return backup(self, os.path.abspath(path))
+
     def compaction_due(self, threshold: int) -> bool:
         """The log has grown by threshold bytes since the last compaction
         (since open, the log's size at open counts as growth, so a device

@@ -17,7 +17,7 @@ from ..errors import AgentError
 from ..store import BlobCorrupt
 from .snapshot import write_store
 
-__all__ = ["compact", "snapshot_header"]
+__all__ = ["compact", "snapshot_header", "write_snapshot"]
 
 
 def snapshot_header(node, dropped) -> dict:
@@ -55,12 +55,7 @@ def compact(node, drop: bool = True) -> dict:
     path = node.snapshot_path
     os.makedirs(os.path.dirname(path), exist_ok=True)
     header = snapshot_header(node, dropped)
-    while True:
-        try:
-            got = write_store(path, node.store, header)
-            break
-        except BlobCorrupt as e:    # never write a snapshot without a record: repair it first
-            node.repair({e.kid})
+    got = write_snapshot(node, path, header)
     node.dropped = dropped
     node.snapshot_damaged = None
     for n in candidates:
@@ -77,6 +72,15 @@ def compact(node, drop: bool = True) -> dict:
     node.last_compaction = out
     node._log_at_compaction = log.written
     return out
+
+
+def write_snapshot(node, path, header) -> dict:
+    """write_store, repairing a damaged record first: a snapshot never lacks one."""
+    while True:
+        try:
+            return write_store(path, node.store, header)
+        except BlobCorrupt as e:
+            node.repair({e.kid})
 
 
 def _all_hold(frontier, known) -> bool:
