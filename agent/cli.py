@@ -299,41 +299,27 @@ def cmd_scan(args):
 
 def cmd_watch(args):
     """Follow the op log (no lock: works beside a running writer)."""
-    from .change import parse_change
     from .core.opread import describe
-    from .errors import MalformedChange
-    from .oplog.log import OpLog
+    from .oplog.follow import follow
     from .node import read_identity
     read_identity(args.data_dir)
-    log = OpLog(os.path.join(args.data_dir, "log"), readonly=True)
-    start = (0, 0)
-    for _, _, start in log.entries():
-        pass  # resume after the last entry there now
     seen = 0
     deadline = time.monotonic() + args.timeout if args.timeout else None
     if not args.json:
         print("watching %r in %s (Ctrl-C to stop)" % (args.prefix, args.data_dir), file=sys.stderr)
     sys.stdout.flush()
-    while True:
-        log.segments = log._list()
-        for _, payload, start in log.entries(start):
-            try:
-                c = parse_change(payload)
-            except MalformedChange:
-                continue
-            for key, text in describe(c):
-                if key.startswith(args.prefix):
-                    if args.json:
-                        print(json.dumps({"key": key, "op": text, "actor": "%016x" % c.actor,
-                                          "seq": c.seq}), flush=True)
-                    else:
-                        print("%s  %s  (actor %016x)" % (key, text, c.actor), flush=True)
-                    seen += 1
-                    if args.count and seen >= args.count:
-                        return EXIT_OK
-        if deadline and time.monotonic() > deadline:
-            return EXIT_OK
-        time.sleep(0.1)
+    for c in follow(args.data_dir, deadline=deadline):
+        for key, text in describe(c):
+            if key.startswith(args.prefix):
+                if args.json:
+                    print(json.dumps({"key": key, "op": text, "actor": "%016x" % c.actor,
+                                      "seq": c.seq}), flush=True)
+                else:
+                    print("%s  %s  (actor %016x)" % (key, text, c.actor), flush=True)
+                seen += 1
+                if args.count and seen >= args.count:
+                    return EXIT_OK
+    return EXIT_OK
 
 
 def _refused_from_peers(data_dir) -> int:

@@ -311,6 +311,15 @@ class RemoteNode:
     def backup(self, path):
         return self._call(op="backup", path=os.path.abspath(path))
 
+    def watch(self, prefix, callback):
+        """As Node.watch, beside serve: callback(key, fields or None) from a
+        thread, for every change under prefix that lands (agent/client.py)."""
+        from .client import LogWatch
+        data_dir = getattr(self, "data_dir", None)
+        if data_dir is None:
+            raise errors.UsageError("watch needs the data directory: use agent.connect(DIR)")
+        return LogWatch(data_dir, prefix, callback)
+
     def release_due(self, force=True, actor=None):
         return self._call(op="release", actor=None if actor is None else "%016x" % actor)
 
