@@ -16,6 +16,7 @@ bench-quick:
 
 # ---- single binary (packaging/) ----
 venv:
+	sh packaging/prereqs.sh
 	sh packaging/venv.sh
 
 # dist/mycelium for this machine
