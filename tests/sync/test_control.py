@@ -83,6 +83,9 @@ def test_scans_beside_serve_are_limited_and_streamed_by_the_daemon(tmp_path):
     assert keys == ["k:%06d" % i for i in range(n)]
     # Before: 54 MB for either (the daemon built the whole result). What a
     # full scan still costs is the sorted key list and the store pages it
-    # touched, which are mapped (30K slots of 256 bytes: 7.7 MB).
-    assert after_one < 4 << 20
-    assert full < 20 << 20
+    # touched, which are mapped (30K slots of 256 bytes: 7.7 MB). The bounds
+    # leave room for qemu-user, whose translated code counts in serve's RSS
+    # (scan --limit 1: 1.9 MB natively, 4.4 MB seen under arm64 emulation on a
+    # loaded machine); both stay far below the 54 MB of the defect.
+    assert after_one < 8 << 20
+    assert full < 24 << 20
