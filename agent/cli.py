@@ -49,9 +49,8 @@ The data directory defaults to $XDG_DATA_HOME/mycelium, else
 there); set it with --data-dir or MYCELIUM_DATA_DIR. As root, on a data
 directory another user owns (the service's), only reads run: run writes as
 that user (sudo -u mycelium mycelium ...), so that no root-owned file is left
-there. Its
-files are the owner's alone (0600, 0700); MYCELIUM_GROUP=NAME makes what is
-created readable by group NAME (0640, 02750).
+there. Its files are the owner's alone (0600, 0700); MYCELIUM_GROUP=NAME makes
+what is created readable by group NAME (0640, 02750).
 """
 
 
@@ -66,6 +65,8 @@ def parse_assignment(arg: str):
         j = arg.find("=")
         if i > 0 and (j < 0 or i + len(sep) - 1 == j or i < j):
             name, raw = arg[:i], arg[i + len(sep):]
+            if name.endswith("[]"):         # tags[]=x, tags[]|=x: no such form
+                raise _bad_field(arg)
             if sep == "[]+=":
                 return name, Add(raw)
             if sep == "[]-=":
@@ -77,11 +78,7 @@ def parse_assignment(arg: str):
                     raise UsageError("%s: a counter takes an integer, e.g. %s+=1" % (arg, name)) from None
                 return name, Inc(n if sep == "+=" else -n)
             if sep == "|=":
-                if name.endswith("[]"):
-                    raise _bad_field(arg)
                 return name, MV(raw)
-            if name.endswith("[]"):
-                raise _bad_field(arg)
             try:
                 v = json.loads(raw, parse_constant=_no_constant)
             except _Constant as e:
@@ -579,7 +576,7 @@ def build_parser():
     s.add_argument("--stale", type=float, default=3600, metavar="SECONDS",
                    help="a peer not synced for this long makes the device degraded "
                         "(default %(default)s)")
-    s.set_defaults(fn=_lazy_status)
+    s.set_defaults(fn=_lazy(".status", "cmd_status"))
     s = add_command(
         sub, "backup", "write this device's whole state to FILE, also while serve runs",
         description="Write every record with its CRDT metadata, what this device holds and "
@@ -652,7 +649,7 @@ def build_parser():
     csub.required = True
     c = add_command(csub, "show", "print each setting, its value and its source",
                     key="config show")
-    c.set_defaults(fn=_lazy_config_show)
+    c.set_defaults(fn=_lazy(".config", "cmd_config_show"))
     return p
 
 
@@ -689,14 +686,12 @@ def _default_data_dir():
 READ_ONLY = {"get", "scan", "stats", "status", "watch", "check", "id", "demo", "config"}
 
 
-def _lazy_config_show(args):
-    from .config import cmd_config_show
-    return cmd_config_show(args)
-
-
-def _lazy_status(args):
-    from .status import cmd_status
-    return cmd_status(args)
+def _lazy(module, name):
+    """A command whose module loads only when it runs."""
+    def run(args):
+        import importlib
+        return getattr(importlib.import_module(module, __package__), name)(args)
+    return run
 
 
 def _as_owner(args):

@@ -28,8 +28,8 @@ from .core import load_engine
 from .core import ops as O
 from .core.batch import (build_batch, build_batch_raw, build_multi, index_map,
                          parse_apply_result, parse_merge_result)
-from .errors import (UsageError, InvalidArgument, StoreCorrupt, ClockSkewError, CoreError, MalformedChange,
-                     AgentError, RecordTooLarge, RemoteError)
+from .errors import (UsageError, InvalidArgument, StoreCorrupt, ClockSkewError, CoreError,
+                     MalformedChange, AgentError, RecordTooLarge, RemoteError)
 from . import __version__
 from .pending import Pending, HELD, QUARANTINED
 from .identity import init_identity, read_identity

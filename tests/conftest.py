@@ -28,6 +28,17 @@ def data_dir(tmp_path):
     return d
 
 
+@pytest.fixture
+def d(tmp_path):
+    """A data directory made by `mycelium init`, as a user makes one."""
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = str(tmp_path / "data")
+    subprocess.run([sys.executable, "-m", "agent", "--data-dir", path, "init"], check=True,
+                   capture_output=True, env=dict(os.environ, PYTHONPATH=root), timeout=60)
+    return path
+
+
 def pytest_terminal_summary(terminalreporter, config):
     terminalreporter.write_line("hypothesis seed: %s (replay: pytest --hypothesis-seed=%s)"
                                 % (config.option.hypothesis_seed, config.option.hypothesis_seed))

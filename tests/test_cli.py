@@ -4,8 +4,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -16,13 +14,6 @@ def run(data_dir, *args, check=None):
     if check is not None:
         assert p.returncode == check, (p.stdout, p.stderr)
     return p
-
-
-@pytest.fixture
-def d(tmp_path):
-    path = str(tmp_path / "data")
-    run(path, "init", check=0)
-    return path
 
 
 def test_put_then_get_json_shows_every_kind(d):

@@ -14,7 +14,6 @@ import sys
 import pytest
 
 from agent import __version__
-from tests.test_cli import d  # noqa: F401  (the fixture: an initialised data directory)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=ROOT)

@@ -10,7 +10,6 @@ import sys
 import pytest
 
 from agent import config
-from tests.test_cli import d  # noqa: F401  (the fixture: an initialised data directory)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -101,17 +101,16 @@ def peer_rows(data_dir, ours) -> list:
     return rows
 
 
-def _our_vv(args, state):
+def _our_vv(data_dir):
     """Our version vector, read from the store (read-only, beside a running
     serve too)."""
     from ..node import Node
-    with Node(args.data_dir, readonly=True) as n:
-        return dict(n.vv), "store"
+    with Node(data_dir, readonly=True) as n:
+        return dict(n.vv)
 
 
 def cmd_peer_list(args):
-    ours, source = _our_vv(args, None)
-    rows = peer_rows(args.data_dir, ours)
+    rows = peer_rows(args.data_dir, _our_vv(args.data_dir))
     if args.json:
         for r in rows:
             print(json.dumps(r))
@@ -132,7 +131,7 @@ def cmd_peer_list(args):
                                         "  connected" if r["connected"] else "",
                                         "  last error: " + r["last_error"]
                                         if r["last_error"] else ""))
-    print("(our vector from the %s)" % source, file=sys.stderr)
+    print("(our vector from the store)", file=sys.stderr)
     return 0
 
 

@@ -13,13 +13,12 @@ import gc
 import os
 import random
 import ssl
-import sys
 import time
 
 from ..control import ControlServer, socket_path
 from ..errors import AgentError, UsageError, SyncError
 from . import peers as P
-from .errors import ListenError, PeerUnreachable, UnknownPeer
+from .errors import ListenError, UnknownPeer
 from .devid import display_id, normalize_id
 from .session import Recent, Session
 from .transport import HANDSHAKE_TIMEOUT, client_context, connect, drive, peer_device_id, \

@@ -9,7 +9,8 @@ group:
     K3J5Q2M-ABCDEFG-HIJKLMN-OPQRSTU-H
 
 The check is Luhn's algorithm mod 32 over the base32 digits: every single
-mistyped character is caught, and nearly every swap of two neighbours. An id
+mistyped character is caught, and every swap of two neighbours but A<->7
+(digit values 0 and 31, as 0<->9 for Luhn in decimal). An id
 typed without its check character (as devices before 0.5 print it) is
 refused unless the caller allows it (`peer add --unchecked`).
 """

@@ -62,7 +62,7 @@ def format_addr(host, port) -> str:
     """(host, port) as HOST:PORT, an IPv6 host in brackets."""
     if host is None:
         host = "*"
-    return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
+    return "[%s]:%s" % (host, port) if ":" in host else "%s:%s" % (host, port)
 
 
 def load_peers(data_dir) -> dict:
@@ -90,8 +90,9 @@ def _check_name(peers, device_id, name):
                          "garden-pi" % name)
     for other, e in peers.items():
         if other != device_id and e.get("name") == name:
+            from .devid import display_id
             raise UsageError("the name %r is already peer %s's; pick another, or "
-                             "`mycelium peer rename` that one first" % (name, other))
+                             "`mycelium peer rename` that one first" % (name, display_id(other)))
 
 
 def add_peer(data_dir, device_id, addr, name=None) -> bool:

@@ -12,6 +12,7 @@ import time
 
 from .errors import PeerUnreachable, SyncTimeout, UnknownPeer
 from .identity import carrier_pem, cert_id, identity_paths
+from .peers import format_addr
 from ..errors import RemoteError
 from .session import Absorb, Check, Session
 
@@ -97,19 +98,19 @@ async def connect(host, port, ctx, expect_id, timeout=HANDSHAKE_TIMEOUT):
             asyncio.open_connection(host, port, ssl=ctx, ssl_handshake_timeout=timeout),
             timeout + 1)
     except asyncio.TimeoutError:
-        raise SyncTimeout("no TLS handshake with %s within %.0f s" % (_addr(host, port), timeout)) \
-            from None
+        raise SyncTimeout("no TLS handshake with %s within %.0f s"
+                          % (format_addr(host, port), timeout)) from None
     except (OSError, ssl.SSLError) as e:
         raise PeerUnreachable("cannot connect to %s: %s (is `mycelium serve` running there, "
                               "and is the address in `mycelium peer list` right?)"
-                              % (_addr(host, port), e.strerror or e)) from None
+                              % (format_addr(host, port), e.strerror or e)) from None
     got = peer_device_id(writer)
     if got != expect_id:
         writer.close()
         from .devid import display_id
         raise UnknownPeer("%s presented device id %s, not %s; if that device was "
                           "reinstalled, add its new id with `mycelium peer add`"
-                          % (_addr(host, port), display_id(got), display_id(expect_id)))
+                          % (format_addr(host, port), display_id(got), display_id(expect_id)))
     return reader, writer
 
 
@@ -192,7 +193,3 @@ async def drive(session: Session, reader, writer, *, until_caught_up=False, wake
         except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError):
             pass
     return session
-
-
-def _addr(host, port):
-    return "[%s]:%s" % (host, port) if ":" in str(host) else "%s:%s" % (host, port)

@@ -12,8 +12,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from agent.logs import Logger
 from agent.sync.devid import ALPHABET, check_char, display_id, normalize_id
 from .procs import ENV, Serve, cmd, init, wait_for
@@ -32,9 +30,9 @@ def test_every_one_character_typo_is_refused(tmp_path):
         typo = idb[:i] + _other(idb[i]) + idb[i + 1:]
         p = cmd(a, "peer", "add", typo, "127.0.0.1:9", check=2)
         assert "mistyped" in p.stderr or "no check" in p.stderr, p.stderr
-    for i in letters[:-1]:                 # each swap of neighbours that changes it
-        j = letters[letters.index(i) + 1]
-        if idb[i] != idb[j]:
+    for i in letters[:-1]:                 # each swap of neighbours that changes it,
+        j = letters[letters.index(i) + 1]  # but A<->7 (values 0 and 31), which Luhn mod 32
+        if idb[i] != idb[j] and {idb[i], idb[j]} != {"A", "7"}:   # cannot see (devid.py)
             swap = list(idb)
             swap[i], swap[j] = swap[j], swap[i]
             cmd(a, "peer", "add", "".join(swap), "127.0.0.1:9", check=2)
