@@ -5,7 +5,7 @@ DIST_MODE ?= packed
 BUILD_PY := build/venv/bin/python
 
 .PHONY: venv bench bench-quick dist dist-modes smoke bench-startup dist-arm64 dist-armhf \
-	qemu-test qemu-test-armhf qemu-budget ci-arm64 termux-check
+	qemu-test qemu-test-armhf qemu-budget ci-arm64 termux-check deb deb-test
 
 # Benchmarks (bench/README.md). Peers: pip install -r bench/requirements.txt
 bench:
@@ -35,6 +35,26 @@ smoke:
 # the records are made with build/venv (it has the agent's dependencies)
 bench-startup: venv
 	$(BUILD_PY) -m bench.startup --binary dist/mycelium
+
+# ---- Debian packages (packaging/deb/) ----
+# make deb [ARCH=amd64|arm64|armhf]: dist/mycelium_VERSION_ARCH.deb from a
+# standalone build (made first: natively for this machine's architecture, in
+# the cross root for another; root for those)
+ARCH ?= $(shell dpkg --print-architecture 2>/dev/null || echo amd64)
+HOST_ARCH := $(shell dpkg --print-architecture 2>/dev/null || echo amd64)
+deb:
+	@if [ "$(ARCH)" = "$(HOST_ARCH)" ]; then \
+	  $(MAKE) venv && PYTHON=$(BUILD_PY) sh packaging/build.sh standalone dist/standalone && \
+	  sh packaging/deb/build.sh $(ARCH) dist/standalone/mycelium.dist dist; \
+	else \
+	  MODE=standalone ARCH=$(ARCH) sh cross/build.sh && \
+	  sh packaging/deb/build.sh $(ARCH) dist/$(ARCH)/mycelium.dist dist; \
+	fi
+
+# install, upgrade, remove, reinstall and purge the packages of `make deb
+# ARCH=arm64|armhf`'s build inside a throwaway copy of that cross root (root)
+deb-test:
+	ARCH=$(ARCH) sh qemu/test-deb.sh
 
 # ---- arm64 / armhf (cross/, qemu/; need root) ----
 dist-arm64:

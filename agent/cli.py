@@ -711,15 +711,38 @@ def _as_owner(args):
     if args.cmd in READ_ONLY or (args.cmd == "peer" and sub == "list") or (
             args.cmd == "pending" and not args.release):
         return
-    import pwd
-    try:
-        user = pwd.getpwuid(st.st_uid).pw_name
-    except KeyError:
-        user = "#%d" % st.st_uid
+    user = _owner(st)
     raise UsageError("%s belongs to user %s (the service's?); a write as root would leave "
                      "files there that %s cannot open. Run it as that user: sudo -u %s "
                      "mycelium --data-dir %s %s ..." % (args.data_dir, user, user, user,
                                                         args.data_dir, args.cmd))
+
+
+def _owner(st) -> str:
+    """The name of the user owning a stat result's file."""
+    import pwd
+    try:
+        return pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        return "#%d" % st.st_uid
+
+
+def _can_enter(data_dir):
+    """A data directory this user may not enter (the service's, 0750) is
+    reported as such, not as "not a Mycelium data directory"."""
+    from .config import closed
+    if not closed(data_dir):
+        return
+    try:
+        st = os.stat(data_dir)
+    except PermissionError:
+        raise UsageError("%s cannot be reached by this user: a directory on its path is "
+                         "closed to it; run the command as the owner of the data directory"
+                         % data_dir) from None
+    user = _owner(st)
+    raise UsageError("%s belongs to user %s and is closed to this user; run the command as "
+                     "%s (sudo -u %s mycelium ...) or as a member of its group "
+                     "(docs/OPERATIONS.md, 'Permissions')" % (data_dir, user, user, user))
 
 
 def main(argv=None) -> int:
@@ -737,6 +760,8 @@ def main(argv=None) -> int:
     try:
         _group_access()
         _as_owner(args)
+        if args.cmd not in ("config", "demo"):
+            _can_enter(args.data_dir)
         if args.cmd not in ("init", "demo", "config", "restore") and not os.path.exists(
                 os.path.join(args.data_dir, "identity.json")):
             raise UsageError("%s is not a Mycelium data directory; run `mycelium init` "

@@ -15,10 +15,11 @@ wrong type is a UsageError naming the file and the key; nothing runs.
 `mycelium config show` prints every setting, its value and where it came from.
 """
 import os
+import sys
 
 from .errors import UsageError
 
-__all__ = ["KEYS", "ETC_PATH", "FILE_NAME", "apply", "load", "effective", "cmd_config_show"]
+__all__ = ["KEYS", "ETC_PATH", "FILE_NAME", "apply", "load", "loads_text", "effective", "cmd_config_show"]
 
 ETC_PATH = "/etc/mycelium/mycelium.toml"
 FILE_NAME = "mycelium.toml"
@@ -27,6 +28,8 @@ FILE_NAME = "mycelium.toml"
 KEYS = {
     "data_dir": ("MYCELIUM_DATA_DIR", str, None,
                  "where the store and log live (only read from /etc/mycelium)"),
+    "cache_dir": ("MYCELIUM_CACHE_DIR", str, None,
+                  "where the compiled core is cached (else ~/.cache/mycelium)"),
     "listen": ("MYCELIUM_LISTEN", str, "0.0.0.0:7420", "where `serve` accepts peers"),
     "durable": ("MYCELIUM_DURABLE", bool, False,
                 "fsync every write before it is acknowledged (else every 100 ms)"),
@@ -44,6 +47,7 @@ KEYS = {
     "group": ("MYCELIUM_GROUP", str, None, "a group that may read the data directory"),
 }
 CHOICES = {"log_format": ("text", "json")}
+UNREADABLE = []         # files apply() could not look at (the directory is closed to this user)
 LATER = {"relay": "the NATS relay", "http": "the dashboard", "peers": "peers in the file"}
 
 
@@ -61,10 +65,18 @@ def load(path: str) -> dict:
         return {}
     except PermissionError:
         raise _fail(path, "cannot be read by this user") from None
+    try:
+        return loads_text(raw.decode("utf-8"), path)
+    except UnicodeDecodeError as e:
+        raise _fail(path, "not valid TOML (%s)" % e) from None
+
+
+def loads_text(text: str, path: str) -> dict:
+    """The settings in TOML text (from `path`, named in errors), checked."""
     import tomllib          # only when there is a file: no cost at start-up otherwise
     try:
-        doc = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
         raise _fail(path, "not valid TOML (%s)" % e) from None
     out = {}
     for key, value in doc.items():
@@ -83,6 +95,18 @@ def load(path: str) -> dict:
             raise _fail(path, "%s must be one of %s" % (key, ", ".join(CHOICES[key])))
         out[key] = value
     return out
+
+
+def closed(path: str) -> bool:
+    """True if `path` exists but this user may not enter it (it, or a
+    directory above it, has no search permission for this user)."""
+    try:
+        os.stat(path)
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return os.path.isdir(path) and not os.access(path, os.X_OK)
 
 
 def _env_text(value) -> str:
@@ -111,7 +135,14 @@ def apply(argv, default_data_dir, etc_path: str = ETC_PATH) -> dict:
     data_dir = flag_dir or env.get("MYCELIUM_DATA_DIR") or etc.get("data_dir") \
         or default_data_dir()
     local_path = os.path.join(data_dir, FILE_NAME)
-    local = load(local_path)
+    if closed(data_dir):
+        # the service's directory, seen by a user outside its group: nothing
+        # in it can be opened, so its file is left out (config show says so)
+        # and a command that opens the store says what to do
+        local = {}
+        UNREADABLE.append(local_path)
+    else:
+        local = load(local_path)
     if "data_dir" in local:
         raise _fail(local_path, "data_dir can only be set in %s (this file is found through "
                     "it)" % etc_path)
@@ -151,4 +182,7 @@ def cmd_config_show(args):
         text = "(unset)" if value is None else json.dumps(value) if isinstance(value, str) \
             else str(value).lower() if isinstance(value, bool) else str(value)
         print("%-*s = %-24s # %s" % (width, key, text, source))
+    for path in UNREADABLE:
+        print("mycelium: %s was not read: its directory is closed to this user (run the "
+              "command as the directory's owner, or join its group)" % path, file=sys.stderr)
     return 0

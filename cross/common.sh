@@ -136,7 +136,8 @@ ensure_root() {
   base=$(sha256sum < "$REPO/cross/root-packages.txt" | cut -c1-16)
   venv=$(venv_stamp)
   if [ "$(cat "$ROOT/.mycelium-base" 2>/dev/null)" = "$base" ] &&
-     [ "$(cat "$ROOT/.mycelium-venv" 2>/dev/null)" = "$venv" ]; then
+     [ "$(cat "$ROOT/.mycelium-venv" 2>/dev/null)" = "$venv" ] &&
+     [ -x "$ROOT/opt/venv/bin/python" ]; then
     return 0
   fi
   mkdir -p "$CROSS_CACHE"
@@ -159,9 +160,11 @@ ensure_root() {
       apt-get install -y -qq --no-install-recommends "$@" >/dev/null' sh $(root_packages)
     echo "$base" > "$ROOT/.mycelium-base"
   fi
-  if [ "$(cat "$ROOT/.mycelium-venv" 2>/dev/null)" != "$venv" ]; then
+  if [ "$(cat "$ROOT/.mycelium-venv" 2>/dev/null)" != "$venv" ] ||
+     [ ! -x "$ROOT/opt/venv/bin/python" ]; then
     t1=$(date +%s)
     log "making /opt/venv"
+    rm -f "$ROOT/.mycelium-venv"
     rm -rf "$ROOT/opt/venv"
     mkdir -p "$ROOT/opt/req"
     cp "$REPO/packaging/requirements-runtime.txt" "$REPO/packaging/requirements-test.txt" \

@@ -71,8 +71,9 @@ def test_serve_uses_the_files_listen_and_log_format(d):
 def test_etc_file_names_the_data_dir(tmp_path, d, monkeypatch):
     etc = tmp_path / "etc.toml"
     etc.write_text('data_dir = "%s"\ncompact_mb = 2\n' % d)
-    monkeypatch.delenv("MYCELIUM_DATA_DIR", raising=False)
-    monkeypatch.delenv("MYCELIUM_COMPACT_MB", raising=False)
+    for var in ("MYCELIUM_DATA_DIR", "MYCELIUM_COMPACT_MB"):
+        monkeypatch.setenv(var, "")     # so that what apply() sets is undone after the test
+        monkeypatch.delenv(var)
     got = config.apply([], lambda: "/nowhere", etc_path=str(etc))
     assert got["data_dir"] == (d, str(etc)) and got["compact_mb"] == (2, str(etc))
     assert os.environ["MYCELIUM_COMPACT_MB"] == "2"
@@ -104,3 +105,19 @@ def test_a_bad_file_is_refused_and_nothing_runs(d, text, words):
         assert "mycelium.toml" in p.stderr and all(w in p.stderr for w in words), p.stderr
     os.unlink(os.path.join(d, "mycelium.toml"))
     assert json.loads(run(d, "--json", "get", "k", check=0).stdout)["fields"] == {"v": "1"}
+
+
+def test_the_packages_default_file_names_every_setting_and_parses(monkeypatch):
+    """packaging/deb/mycelium.toml, installed as /etc/mycelium/mycelium.toml:
+    valid, pointing the CLI at the service's directories, and listing every
+    other setting (commented out) so that an operator finds them all there."""
+    path = os.path.join(ROOT, "packaging", "deb", "mycelium.toml")
+    got = config.load(path)
+    assert got == {"data_dir": "/var/lib/mycelium", "cache_dir": "/var/cache/mycelium"}
+    with open(path) as f:
+        listed = {m.group(1) for m in __import__("re").finditer(r"(?m)^# (\w+) = ", f.read())}
+    assert listed | set(got) == set(config.KEYS), set(config.KEYS) ^ (listed | set(got))
+    for key, (var, typ, default, _) in config.KEYS.items():
+        if key in listed:       # each example, uncommented, is a valid value
+            line = next(l for l in open(path) if l.startswith("# %s = " % key))
+            assert key in config.loads_text(line[2:].split("#")[0], path)

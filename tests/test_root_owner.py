@@ -23,6 +23,9 @@ def run(d, *args):
 
 @pytest.fixture
 def service_dir(tmp_path):
+    os.chmod(tmp_path, 0o755)       # as /var/lib is: only the data directory is closed
+    for up in (tmp_path.parent, tmp_path.parent.parent):
+        os.chmod(up, 0o755)
     d = str(tmp_path / "data")
     assert run(d, "init").returncode == 0
     assert run(d, "put", "k", "v=1").returncode == 0
@@ -77,3 +80,55 @@ def test_root_defaults_to_the_service_data_dir(service_dir, monkeypatch):
     assert cli._default_data_dir() == service_dir
     monkeypatch.setenv("MYCELIUM_DATA_DIR", "/elsewhere")
     assert cli._default_data_dir() == "/elsewhere"
+
+
+
+def _as_other_user(d, *args):
+    """The CLI run as a user that is neither the directory's owner nor in its
+    group: a forked child drops to it and runs cli.main (this Python may not
+    be executable by another user; what main needs is imported first)."""
+    import importlib
+    import agent.cli as cli
+    for m in ("pwd", "agent.config", "agent.sync.devid"):   # the child cannot import from /root
+        importlib.import_module(m)
+    r_out, w_out = os.pipe()
+    r_err, w_err = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            sys.stdout = os.fdopen(w_out, "w")      # not pytest's capture
+            sys.stderr = os.fdopen(w_err, "w")
+            os.setgroups([])
+            os.setgid(GID - 1)
+            os.setuid(UID - 1)
+            os.environ.pop("MYCELIUM_DATA_DIR", None)
+            code = cli.main(["--data-dir", d, *args])
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except BaseException as e:      # noqa: BLE001  (reported through the pipe)
+            os.write(2, ("Traceback: %r" % e).encode())
+            code = 99
+        os._exit(code)
+    os.close(w_out)
+    os.close(w_err)
+    with os.fdopen(r_out) as fo, os.fdopen(r_err) as fe:
+        out, err = fo.read(), fe.read()
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    return subprocess.CompletedProcess(args, code, out, err)
+
+
+def test_a_closed_directory_is_named_with_its_owner_not_called_uninitialised(service_dir):
+    """The service's directory is 0750: to anyone outside its group, every
+    command said "is not a Mycelium data directory; run mycelium init" (and
+    config show failed on the mycelium.toml it could not read)."""
+    os.chmod(service_dir, 0o750)
+    before = _tree(service_dir)
+    for args in (("get", "k"), ("put", "k", "v=3"), ("status",)):
+        p = _as_other_user(service_dir, *args)
+        assert p.returncode == 2, (args, p.stderr)
+        assert "belongs to user nobody" in p.stderr and "sudo -u nobody" in p.stderr, p.stderr
+        assert "init" not in p.stderr and "Traceback" not in p.stderr
+    p = _as_other_user(service_dir, "config", "show")
+    assert p.returncode == 0, p.stderr
+    assert "data_dir" in p.stdout and "was not read" in p.stderr
+    assert _tree(service_dir) == before
