@@ -102,6 +102,16 @@ character, so a mistyped id is refused. Add this device on the other one too."""
   mycelium peer remove garden-pi          # by name, by id or by the start of its id""",
     "peer rename": """\
   mycelium peer rename K3J5Q2M garden-pi""",
+    "invite": """\
+  mycelium invite                         # on the Pi: a token and its QR code, for 15 min
+  mycelium invite --name phone --ttl 1h --addr 192.168.1.20:7420
+Then, on the other device: mycelium join TOKEN. Each device becomes a peer of
+the other; a token pairs once. `serve` must be running here for the join.""",
+    "join": """\
+  mycelium join MYC1.K3J5Q2M...           # the token `mycelium invite` printed
+  mycelium join MYC1.K3J5Q2M... --addr 192.168.1.31:7420 --name garden-pi
+Without --addr the inviting device only accepts this one's calls (a phone on
+changing networks dials in); with it, both dial.""",
     "id": """\
   mycelium id                             # give this to peers: mycelium peer add ID ADDR""",
 }

@@ -23,12 +23,19 @@ if [ ! -x .venv/bin/python ]; then
     fi
 fi
 EXTRAS=${1:-}
-if [ "$EXTRAS" = test ] && ! command -v strace >/dev/null 2>&1; then
-    # tests/test_readonly.py checks with strace that reads write nothing
-    SUDO=""
-    [ "$(id -u)" = 0 ] || SUDO=sudo
-    echo "mycelium: installing strace with apt-get (for the tests)" >&2
-    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq strace >/dev/null
+if [ "$EXTRAS" = test ]; then
+    # tests/test_readonly.py checks with strace that reads write nothing;
+    # tests/sync/test_invite.py reads invite's QR code back with zbarimg
+    need=""
+    command -v strace >/dev/null 2>&1 || need="$need strace"
+    command -v zbarimg >/dev/null 2>&1 || need="$need zbar-tools"
+    if [ -n "$need" ]; then
+        SUDO=""
+        [ "$(id -u)" = 0 ] || SUDO=sudo
+        echo "mycelium: installing$need with apt-get (for the tests)" >&2
+        # shellcheck disable=SC2086 # a list of names
+        $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends $need >/dev/null
+    fi
 fi
 SPEC="."
 [ -n "$EXTRAS" ] && SPEC=".[$EXTRAS]"

@@ -19,7 +19,7 @@ from .session import Session
 from .transport import client_context, connect, drive
 
 __all__ = ["cmd_serve", "cmd_sync", "cmd_peer_add", "cmd_peer_list", "cmd_peer_remove",
-           "cmd_peer_rename", "cmd_id", "peer_rows"]
+           "cmd_peer_rename", "cmd_id", "cmd_invite", "cmd_join", "peer_rows"]
 
 
 
@@ -40,6 +40,62 @@ def _adopt_signed_actor(node):
 def cmd_id(args):
     did = display_id(ensure_identity(args.data_dir))
     print(json.dumps({"device_id": did}) if args.json else did)
+    return 0
+
+
+def cmd_invite(args):
+    import os
+    from . import invite as I
+    from .parser import DEFAULT_LISTEN
+    from ..store.lock import writer_holds
+    did = ensure_identity(args.data_dir)
+    if args.addr:
+        addrs = [P.format_addr(*P.parse_addr(a)) for a in args.addr]
+    else:
+        listen = os.environ.get("MYCELIUM_LISTEN") or DEFAULT_LISTEN
+        host, port = P.parse_addr(listen, listen=True)
+        if port == 0:
+            raise UsageError("serve listens on a port it picks (%s): give the address with "
+                             "--addr HOST:PORT" % listen)
+        addrs = I.local_addrs(port) if host in (None, "0.0.0.0", "::") else \
+            [P.format_addr(host, port)]
+    token = I.make_token(did, addrs, I.open_invite(args.data_dir, args.ttl, args.name))
+    serving = writer_holds(os.path.join(args.data_dir, "store"))
+    if args.json:
+        print(json.dumps({"token": token, "addrs": addrs, "expires": int(time.time() + args.ttl),
+                          "serve": serving}))
+        return 0
+    if args.qr == "yes" or (args.qr == "auto" and sys.stdout.isatty()):
+        print(I.qr_text(token))
+    print(token)
+    print("On the other device run:  mycelium join %s" % token)
+    print("It pairs once, within %s, reaching this device at %s."
+          % (_ttl_text(args.ttl), ", ".join(addrs)))
+    if not serving:
+        print("mycelium: serve is not running here; start it (sudo systemctl start mycelium, "
+              "or mycelium serve) before the other device joins", file=sys.stderr)
+    return 0
+
+
+def _ttl_text(t):
+    for div, unit in ((86400, "d"), (3600, "h"), (60, "min")):
+        if t >= div and t % div == 0:
+            return "%d %s" % (t // div, unit)
+    return "%d s" % t
+
+
+def cmd_join(args):
+    from . import invite as I
+    addr = P.format_addr(*P.parse_addr(args.addr)) if args.addr else None
+    if args.name is not None:
+        P.check_name(_known(args.data_dir), None, args.name)
+    inviter, at, name = I.join(args.data_dir, args.token, my_addr=addr, name=args.name)
+    shown = display_id(inviter) + (" (%s)" % name if name else "")
+    if args.json:
+        print(json.dumps({"device_id": display_id(inviter), "addr": at, "name": name}))
+    else:
+        print("paired with %s at %s; `mycelium serve` here syncs with it (or run "
+              "`mycelium sync %s` once)" % (shown, at, name or display_id(inviter)[:7]))
     return 0
 
 

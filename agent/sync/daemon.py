@@ -230,6 +230,10 @@ class Daemon:
             return
         self.reload_peers()
         if pid not in self.peers:
+            from . import invite
+            if invite.open_invites(self.data_dir):
+                await invite.answer(self, reader, writer, pid)
+                return
             addr = writer.get_extra_info("peername")
             self.log("refused %s from %s: not a known peer (add it with `mycelium peer add "
                      "%s HOST:PORT`)" % (display_id(pid), addr[0] if addr else "?",

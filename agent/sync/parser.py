@@ -1,4 +1,5 @@
-"""The sync commands' arguments: `serve`, `sync`, `peer add|list|remove|rename`, `id`.
+"""The sync commands' arguments: `serve`, `sync`, `peer add|list|remove|rename`,
+`invite`, `join`, `id`.
 
 Kept apart from commands.py so that building the parser (every mycelium
 command does) does not import asyncio, ssl and zstandard: a `get` must stay
@@ -41,6 +42,20 @@ def _add_unsigned(s):
                         "versions before 0.2.0, while a fleet upgrades (a forged change is "
                         "unsigned too: use it only for the upgrade); or "
                         "$MYCELIUM_ACCEPT_UNSIGNED=1")
+
+
+def _duration(text):
+    import argparse
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    t = text.strip().lower()
+    try:
+        v = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError:
+        v = -1
+    if not 10 <= v <= 30 * 86400:
+        raise argparse.ArgumentTypeError("%r: give a time from 10s to 30d, e.g. 15m or 2h"
+                                         % text)
+    return v
 
 
 def _lazy(name):
@@ -97,5 +112,25 @@ def register(subparsers) -> None:
     a.add_argument("peer", help="its name, id or the start of its id")
     a.add_argument("name")
     a.set_defaults(fn=_lazy("cmd_peer_rename"))
+    s = add_command(subparsers, "invite", "print a one-time token (and its QR code) that "
+                    "pairs another device with this one: `mycelium join TOKEN` there")
+    s.add_argument("--addr", action="append", metavar="HOST:PORT",
+                   help="where the other device can reach this one (repeat for several); "
+                        "default: this machine's addresses at serve's port")
+    s.add_argument("--ttl", type=_duration, default=_duration("15m"), metavar="TIME",
+                   help="how long the token stays valid, e.g. 10m, 2h, 1d (default 15m)")
+    s.add_argument("--name", help="the name this device gives the one that joins")
+    s.add_argument("--qr", choices=("auto", "yes", "no"), default="auto",
+                   help="draw the QR code: auto (on a terminal), yes or no")
+    s.set_defaults(fn=_lazy("cmd_invite"))
+    s = add_command(subparsers, "join", "pair with the device that printed TOKEN "
+                    "(`mycelium invite`): each becomes a peer of the other")
+    s.add_argument("token")
+    s.add_argument("--addr", metavar="HOST:PORT",
+                   help="where the inviting device can reach this one; leave it out and "
+                        "this device dials in (a phone on changing networks)")
+    s.add_argument("--name", help="the name this device gives the inviting one "
+                   "(default: its host name)")
+    s.set_defaults(fn=_lazy("cmd_join"))
     s = add_command(subparsers, "id", "print this device's id (give it to peers)")
     s.set_defaults(fn=_lazy("cmd_id"))

@@ -21,7 +21,8 @@ import time
 from .. import fs
 from ..errors import StoreCorrupt, UsageError
 
-__all__ = ["load_peers", "add_peer", "remove_peer", "rename_peer", "parse_addr", "format_addr",
+__all__ = ["load_peers", "add_peer", "remove_peer", "rename_peer", "edit", "check_name",
+           "parse_addr", "format_addr",
            "load_state", "save_state", "write_json"]
 
 
@@ -71,7 +72,7 @@ def load_peers(data_dir) -> dict:
     return _read_json(path, {"version": 1, "peers": {}}).get("peers", {})
 
 
-def _edit(data_dir, fn):
+def edit(data_dir, fn):
     """Change peers.json under its lock: fn(peers) -> result."""
     d, path, _ = _paths(data_dir)
     fs.mkdir(d)
@@ -84,7 +85,7 @@ def _edit(data_dir, fn):
     return out
 
 
-def _check_name(peers, device_id, name):
+def check_name(peers, device_id, name):
     if not name or len(name) > 64 or any(ch.isspace() or not ch.isprintable() for ch in name):
         raise UsageError("%r is not a peer name: use 1 to 64 characters without spaces, e.g. "
                          "garden-pi" % name)
@@ -99,7 +100,7 @@ def add_peer(data_dir, device_id, addr, name=None) -> bool:
     """Add or update a peer (addr None: it only dials in); True if it was new."""
     def add(peers):
         if name is not None:
-            _check_name(peers, device_id, name)
+            check_name(peers, device_id, name)
         new = device_id not in peers
         entry = peers.setdefault(device_id, {"added": int(time.time())})
         if addr is None:
@@ -109,19 +110,19 @@ def add_peer(data_dir, device_id, addr, name=None) -> bool:
         if name is not None:
             entry["name"] = name
         return new
-    return _edit(data_dir, add)
+    return edit(data_dir, add)
 
 
 def remove_peer(data_dir, device_id) -> dict:
     """Forget a peer; returns its entry."""
-    return _edit(data_dir, lambda peers: peers.pop(device_id))
+    return edit(data_dir, lambda peers: peers.pop(device_id))
 
 
 def rename_peer(data_dir, device_id, name) -> None:
     def rename(peers):
-        _check_name(peers, device_id, name)
+        check_name(peers, device_id, name)
         peers[device_id]["name"] = name
-    _edit(data_dir, rename)
+    edit(data_dir, rename)
 
 
 def peers_mtime(data_dir):
