@@ -11,13 +11,22 @@ serve holds it, calls go to serve over its control socket (RemoteNode), so a
 script and the daemon share one device; `watch` then follows the op log, so
 it sees every change that lands, whoever wrote it.
 """
+from __future__ import annotations      # annotations are not evaluated: no cost at start-up
+
 import os
 import threading
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:       # for type checkers only
+    from typing import Callable
+    from .control import RemoteNode
+    from .node import Node
 
 __all__ = ["connect", "LogWatch"]
 
 
-def connect(data_dir: str = None, durable: bool = False, readonly: bool = False):
+def connect(data_dir: str | None = None, durable: bool = False,
+            readonly: bool = False) -> Node | RemoteNode:
     """A Node, or a RemoteNode when `mycelium serve` holds data_dir."""
     from .control import RemoteNode, socket_path
     from .node import Node, default_data_dir, read_identity
@@ -41,7 +50,8 @@ class LogWatch:
     prefix that lands in data_dir's op log; fields are read afresh through
     their own connection to serve. cancel() stops it."""
 
-    def __init__(self, data_dir: str, prefix: str, callback, poll: float = 0.1):
+    def __init__(self, data_dir: str, prefix: str, callback: Callable[[str, dict | None], None],
+                 poll: float = 0.1):
         from .control import RemoteNode, socket_path
         from .core.opread import describe
         from .oplog.follow import Follower

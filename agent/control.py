@@ -9,6 +9,8 @@ data directory (mode 0600: only its owner may use it). A request is
 at most each, the socket drained between them) and then {"ok": count}, so the
 daemon never builds a whole result; "limit" is applied by the daemon.
 """
+from __future__ import annotations      # annotations are not evaluated: no cost at start-up
+
 import base64
 import json
 import os
@@ -16,6 +18,11 @@ import socket
 
 from . import errors
 from .values import Inc, MV, Add, Remove
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:       # for type checkers only
+    from typing import Callable, Iterator
+    from .client import LogWatch
 
 SOCKET_NAME = "control.sock"
 MAX_LINE = 16 * 1024 * 1024
@@ -260,20 +267,21 @@ class RemoteNode:
             raise cls(rep["message"])
         return rep
 
-    def put(self, key, fields):
+    def put(self, key: str, fields: dict) -> None:
         self._call(op="put", key=key, fields=encode_fields(fields))
 
-    def delete(self, key):
+    def delete(self, key: str) -> bool:
         return self._call(op="del", key=key)
 
-    def get(self, key, with_kinds=False):
+    def get(self, key: str, with_kinds: bool = False) -> dict | tuple[dict, dict] | None:
         got = self._call(op="get", key=key)
         if got is None:
             return None
         rec = {k: _values(v) for k, v in got[0].items()}
         return (rec, got[1]) if with_kinds else rec
 
-    def scan(self, prefix="", with_kinds=False, limit=0):
+    def scan(self, prefix: str = "", with_kinds: bool = False,
+             limit: int = 0) -> Iterator[tuple]:
         """Rows as the daemon streams them (a chunk at a time)."""
         try:
             self.file.write(json.dumps({"op": "scan", "prefix": prefix, "limit": limit,
@@ -299,19 +307,19 @@ class RemoteNode:
                 except errors.AgentError:
                     done = True
 
-    def stats(self):
+    def stats(self) -> dict:
         return self._call(op="stats")
 
-    def pending_list(self):
+    def pending_list(self) -> list:
         return self._call(op="pending")
 
-    def compact(self, drop=True):
+    def compact(self, drop: bool = True) -> dict:
         return self._call(op="compact", keep_log=not drop)
 
-    def backup(self, path):
+    def backup(self, path: str) -> dict:
         return self._call(op="backup", path=os.path.abspath(path))
 
-    def watch(self, prefix, callback):
+    def watch(self, prefix: str, callback: Callable[[str, dict | None], None]) -> LogWatch:
         """As Node.watch, beside serve: callback(key, fields or None) from a
         thread, for every change under prefix that lands (agent/client.py)."""
         from .client import LogWatch
@@ -320,19 +328,19 @@ class RemoteNode:
             raise errors.UsageError("watch needs the data directory: use agent.connect(DIR)")
         return LogWatch(data_dir, prefix, callback)
 
-    def release_due(self, force=True, actor=None):
+    def release_due(self, force: bool = True, actor: int | None = None) -> int:
         return self._call(op="release", actor=None if actor is None else "%016x" % actor)
 
-    def close(self):
+    def close(self) -> None:
         if self.sock is not None:
             self.file.close()
             self.sock.close()
             self.sock = None
 
-    def __enter__(self):
+    def __enter__(self) -> RemoteNode:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 

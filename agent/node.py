@@ -16,6 +16,8 @@ rebuilt from the log; a store whose structure is damaged is moved aside to
 `store.damaged` and rebuilt whole (`events` says so). A read-only node
 (readonly=True: get, scan, stats) writes nothing: it repairs in memory.
 """
+from __future__ import annotations      # annotations are not evaluated: no cost at start-up
+
 import os
 import struct
 import time
@@ -42,6 +44,17 @@ from .store.keyindex import MAX_KEY
 from .store.mapped import READ
 from .values import Inc, MV, Add, Remove, decode_record, is_visible
 from .vector import Known
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:       # for type checkers only (typing is not imported at run time)
+    from typing import Any, Callable, Iterable, Iterator
+    from .core import ReferenceEngine
+    from .core.wasm import WasmEngine
+    from .history.frontier import Frontier
+    from .history.logindex import LogIndex
+    from .store.store import Watch
+    Engine = WasmEngine | ReferenceEngine
+    Callback = Callable[[str, "dict | None"], None]
 
 __all__ = ["Node", "default_data_dir", "init_identity", "read_identity"]
 
@@ -103,9 +116,9 @@ def _utf8(text, what="a key") -> bytes:
 
 
 class Node(Recovery, Forks):
-    def __init__(self, data_dir: str, durable: bool = False, engine=None,
+    def __init__(self, data_dir: str, durable: bool = False, engine: Engine | None = None,
                  max_skew_ms: int = clock_mod.DEFAULT_MAX_SKEW_MS,
-                 flush_interval_ms: int = 100, rss_budget_mb=None, readonly: bool = False,
+                 flush_interval_ms: int = 100, rss_budget_mb: float | None = None, readonly: bool = False,
                  segment_bytes: int = SEGMENT_MAX, max_write: int = None):
         self.data_dir = data_dir
         self.readonly = readonly
@@ -176,7 +189,7 @@ class Node(Recovery, Forks):
             self._absorb_left_over()
 
     @classmethod
-    def open(cls, data_dir=None, create=True, **kw):
+    def open(cls, data_dir: str | None = None, create: bool = True, **kw: Any) -> Node:
         data_dir = data_dir or default_data_dir()
         if create and not kw.get("readonly"):
             init_identity(data_dir)
@@ -185,7 +198,7 @@ class Node(Recovery, Forks):
     # -- engine (loaded on first write or merge, never for reads)
 
     @property
-    def engine(self):
+    def engine(self) -> Engine:
         if self._engine is None:
             self._engine = load_engine()
         return self._engine
@@ -222,7 +235,7 @@ class Node(Recovery, Forks):
             self._store_damaged(e)
             return self.store.load(key)  # key ids change in a rebuilt store
 
-    def get(self, key: str, with_kinds: bool = False):
+    def get(self, key: str, with_kinds: bool = False) -> dict | tuple[dict, dict] | None:
         """The record's fields as a dict, or None if absent or deleted."""
         if type(key) is not str:
             raise InvalidArgument("a key is a string, not %s" % type(key).__name__)
@@ -245,7 +258,8 @@ class Node(Recovery, Forks):
         except IndexError:
             return self._decode(blob, with_kinds)
 
-    def scan(self, prefix: str = "", with_kinds: bool = False, limit: int = 0):
+    def scan(self, prefix: str = "", with_kinds: bool = False,
+             limit: int = 0) -> Iterator[tuple]:
         """Yield (key, fields) of visible records under prefix, in key order;
         (key, fields, kinds) with with_kinds; at most limit (0: all)."""
         if type(prefix) is not str:
@@ -276,7 +290,7 @@ class Node(Recovery, Forks):
         self._live()
         return self._retry("count")
 
-    def watch(self, prefix: str, callback):
+    def watch(self, prefix: str, callback: Callback) -> Watch:
         """Call callback(key, fields_or_None) after each change under prefix.
         Returns a handle with cancel()."""
         self._live()
@@ -449,14 +463,14 @@ class Node(Recovery, Forks):
 
     # -- remote changes
 
-    def merge_changes(self, raws) -> int:
+    def merge_changes(self, raws: Iterable[bytes]) -> int:
         """Merge changes from a peer or a file, in any order. Each change is
         all or nothing: the first bad one raises a RemoteError
         (MalformedChange, ClockSkewError) after the good ones before it are
         merged, and leaves nothing of itself behind. Returns how many were new."""
         return self.merge_parsed([parse_change(raw) for raw in raws])
 
-    def merge_parsed(self, changes) -> int:
+    def merge_parsed(self, changes: Iterable[Change]) -> int:
         """merge_changes for changes already checked by parse_change. New
         changes are merged in one engine call (core batch version 2)."""
         self._writable()
@@ -491,7 +505,7 @@ class Node(Recovery, Forks):
         self.pending.add_to(k)
         return k
 
-    def receive(self, changes) -> "Taken":
+    def receive(self, changes: list[Change]) -> Taken:
         """Take parsed changes from a peer. Each is judged alone: merged;
         held (its stamp is beyond the clock bound, or an earlier change of its
         actor is pending); or quarantined (this build cannot apply it). None
@@ -547,7 +561,7 @@ class Node(Recovery, Forks):
         self._pend(t, c, HELD, "waits behind change %d of its actor, which is held" % w)
         return True
 
-    def quarantine_raw(self, t, head, raw, why) -> None:
+    def quarantine_raw(self, t: Taken, head: tuple, raw: bytes, why: str) -> None:
         """A change that does not parse but whose header does: set it aside."""
         c = Change()
         c.actor, c.seq, c.prev, c.hlc = head
@@ -753,7 +767,7 @@ class Node(Recovery, Forks):
         self._since_checkpoint += len(cs) - 1
         self._tick()
 
-    def changes_since(self, known):
+    def changes_since(self, known: Known | dict) -> Iterator[bytes]:
         """Yield raw changes the holder of `known` (a Known, or a version
         vector dict) lacks, in log order. What it yields is on disk first:
         no one may hold a change this node could still lose."""
@@ -769,7 +783,7 @@ class Node(Recovery, Forks):
     # -- history (agent/history/)
 
     @property
-    def log_index(self):
+    def log_index(self) -> LogIndex:
         if self._log_index is None:
             from .history.logindex import LogIndex
             self._log_index = LogIndex(self.log, self.readonly)
@@ -800,7 +814,7 @@ class Node(Recovery, Forks):
             self.events.append("%s; run `mycelium compact` to write it again from the store" % e)
 
     @property
-    def frontier(self):
+    def frontier(self) -> Frontier:
         if self._frontier is None:
             from .history.frontier import Frontier
             self._frontier = Frontier(self.data_dir, self.readonly)
@@ -843,7 +857,7 @@ class Node(Recovery, Forks):
             self.events.append("own snapshot: %s" % e)
             return False
 
-    def log_start_for(self, known: Known):
+    def log_start_for(self, known: Known) -> tuple[int, int]:
         """Where a session for the holder of `known` starts reading the log."""
         return self.log_index.start_for(known)
 
@@ -865,7 +879,7 @@ class Node(Recovery, Forks):
         restarted often still compacts)."""
         return not self.readonly and self.log.written - self._log_at_compaction >= threshold
 
-    def take_snapshot_chunk(self, chunk, first: bool, last: bool):
+    def take_snapshot_chunk(self, chunk: bytes, first: bool, last: bool) -> dict | None:
         """A chunk of a peer's snapshot (sync); on the last, absorb it.
         Returns the absorb summary on the last chunk, else None."""
         self._writable()
@@ -1010,10 +1024,10 @@ class Node(Recovery, Forks):
         if err is not None:
             raise err
 
-    def __enter__(self):
+    def __enter__(self) -> Node:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 

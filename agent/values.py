@@ -32,7 +32,7 @@ class Inc:
 class MV:
     __slots__ = ("value",)
 
-    def __init__(self, value):
+    def __init__(self, value: object):
         self.value = value
 
     def __repr__(self):
@@ -42,7 +42,7 @@ class MV:
 class Add:
     __slots__ = ("values",)
 
-    def __init__(self, *values):
+    def __init__(self, *values: object):
         self.values = values
 
     def __repr__(self):
@@ -52,7 +52,7 @@ class Add:
 class Remove:
     __slots__ = ("values",)
 
-    def __init__(self, *values):
+    def __init__(self, *values: object):
         self.values = values
 
     def __repr__(self):
