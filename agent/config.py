@@ -45,10 +45,12 @@ KEYS = {
                     "a peer silent this long stops holding history back"),
     "max_write_mb": ("MYCELIUM_MAX_WRITE_MB", float, 1, "the largest single write"),
     "group": ("MYCELIUM_GROUP", str, None, "a group that may read the data directory"),
+    "peers": ("MYCELIUM_PEERS", dict, None,
+              "[peers.NAME] tables of id and addr, beside those `peer add` keeps"),
 }
 CHOICES = {"log_format": ("text", "json")}
 UNREADABLE = []         # files apply() could not look at (the directory is closed to this user)
-LATER = {"relay": "the NATS relay", "http": "the dashboard", "peers": "peers in the file"}
+LATER = {"relay": "the NATS relay", "http": "the dashboard"}
 
 
 def _fail(path, msg):
@@ -86,6 +88,9 @@ def loads_text(text: str, path: str) -> dict:
             raise _fail(path, "unknown setting %r; the settings are %s"
                         % (key, ", ".join(sorted(KEYS))))
         typ = KEYS[key][1]
+        if typ is dict:
+            out[key] = _peers(path, value)
+            continue
         ok = (type(value) is bool if typ is bool else
               type(value) in (int, float) if typ is float else isinstance(value, str))
         if not ok:
@@ -94,6 +99,34 @@ def loads_text(text: str, path: str) -> dict:
         if key in CHOICES and value not in CHOICES[key]:
             raise _fail(path, "%s must be one of %s" % (key, ", ".join(CHOICES[key])))
         out[key] = value
+    return out
+
+
+def _peers(path, table) -> dict:
+    """[peers.NAME] id = "...", addr = "HOST:PORT" (addr optional: it dials
+    in) -> {NAME: {"id": ID as shown, "addr": HOST:PORT or None}}, checked."""
+    from .sync.devid import display_id, normalize_id
+    from .sync.peers import check_name, format_addr, parse_addr
+    if not isinstance(table, dict):
+        raise _fail(path, "peers must be tables: [peers.garden-pi] with id = \"...\" and "
+                    "addr = \"HOST:PORT\"")
+    out, seen = {}, {}
+    for name, entry in table.items():
+        where = "[peers.%s]" % name
+        if not isinstance(entry, dict) or set(entry) - {"id", "addr"} or "id" not in entry:
+            raise _fail(path, "%s takes id = \"DEVICE ID\" and, unless it only dials in, "
+                        "addr = \"HOST:PORT\"" % where)
+        try:
+            check_name({}, None, name)
+            did = normalize_id(str(entry["id"]))
+            addr = entry.get("addr")
+            addr = None if addr is None else format_addr(*parse_addr(str(addr)))
+        except UsageError as e:
+            raise _fail(path, "%s: %s" % (where, e)) from None
+        if did in seen:
+            raise _fail(path, "%s and [peers.%s] have the same id" % (where, seen[did]))
+        seen[did] = name
+        out[name] = {"id": display_id(did), "addr": addr}
     return out
 
 
@@ -110,6 +143,9 @@ def closed(path: str) -> bool:
 
 
 def _env_text(value) -> str:
+    if isinstance(value, dict):
+        import json
+        return json.dumps(value, sort_keys=True)
     if value is True or value is False:
         return "1" if value else "0"
     return str(value)
@@ -179,8 +215,9 @@ def cmd_config_show(args):
         return 0
     width = max(len(k) for k in shown)
     for key, (value, source) in shown.items():
-        text = "(unset)" if value is None else json.dumps(value) if isinstance(value, str) \
-            else str(value).lower() if isinstance(value, bool) else str(value)
+        text = "(unset)" if value is None else \
+            json.dumps(value) if isinstance(value, (str, dict)) else \
+            str(value).lower() if isinstance(value, bool) else str(value)
         print("%-*s = %-24s # %s" % (width, key, text, source))
     for path in UNREADABLE:
         print("mycelium: %s was not read: its directory is closed to this user (run the "

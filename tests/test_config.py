@@ -88,7 +88,41 @@ def test_etc_file_names_the_data_dir(tmp_path, d, monkeypatch):
         config.apply([], lambda: "/nowhere", etc_path=str(etc))
 
 
+def test_peers_declared_in_the_file_are_synced_with_and_kept_there(tmp_path):
+    """[peers.NAME] in mycelium.toml: `peer list` shows them, serve dials
+    them, and peer remove/rename/add refuse to change them behind the file."""
+    from tests.sync.procs import Serve, init, wait_for
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    ida, idb = init(a), init(b)
+    run(b, "peer", "add", ida, check=0)                 # b waits for a to dial in
+    sb = Serve(b)
+    try:
+        with open(os.path.join(a, "mycelium.toml"), "w") as f:
+            f.write('[peers.shed-pi]\nid = "%s"\naddr = "%s"\n' % (idb.lower(), sb.addr))
+        rows = [json.loads(x) for x in run(a, "--json", "peer", "list", check=0).stdout.split("\n")
+                if x]
+        assert [(r["device_id"], r["name"], r["addr"], r["declared"]) for r in rows] == \
+            [(idb, "shed-pi", sb.addr, True)]
+        for args in (("peer", "remove", "shed-pi"), ("peer", "rename", "shed-pi", "x"),
+                     ("peer", "add", idb, "127.0.0.1:9")):
+            p = run(a, *args, check=2)
+            assert "[peers.shed-pi]" in p.stderr, p.stderr
+        sa = Serve(a)
+        try:
+            run(a, "put", "k", "v=from-a", check=0)
+            assert wait_for(lambda: run(b, "get", "k").returncode == 0, 30), sa.log()
+        finally:
+            sa.stop()
+    finally:
+        sb.stop()
+
+
 @pytest.mark.parametrize("text,words", [
+    ('[peers.x]\nid = "K3J5Q2M-ABCDEFG-HIJKLMN-OPQRSTU-A"\n', ["[peers.x]", "mistyped"]),
+    ('[peers.x]\nid = "K3J5Q2M-ABCDEFG-HIJKLMN-OPQRSTU-H"\naddr = "fd00::1:7420"\n',
+     ["[peers.x]", "brackets"]),
+    ('[peers.x]\naddr = "10.0.0.1:7420"\n', ["[peers.x]", "takes id"]),
+    ('peers = 3\n', ["peers must be tables"]),
     ('durable = "yes"\n', ["durable", "true or false"]),
     ("max_skew = [1]\n", ["max_skew", "a number"]),
     ('log_format = "xml"\n', ["log_format", "text, json"]),
@@ -115,9 +149,14 @@ def test_the_packages_default_file_names_every_setting_and_parses(monkeypatch):
     got = config.load(path)
     assert got == {"data_dir": "/var/lib/mycelium", "cache_dir": "/var/cache/mycelium"}
     with open(path) as f:
-        listed = {m.group(1) for m in __import__("re").finditer(r"(?m)^# (\w+) = ", f.read())}
-    assert listed | set(got) == set(config.KEYS), set(config.KEYS) ^ (listed | set(got))
-    for key, (var, typ, default, _) in config.KEYS.items():
-        if key in listed:       # each example, uncommented, is a valid value
-            line = next(l for l in open(path) if l.startswith("# %s = " % key))
-            assert key in config.loads_text(line[2:].split("#")[0], path)
+        text = f.read()
+    import re
+    listed = set(re.findall(r"(?m)^# (\w+) = ", text.split("\n# [")[0]))  # before the tables
+    tables = set(re.findall(r"(?m)^# \[(\w+)\.", text))
+    assert listed | tables | set(got) == set(config.KEYS)
+    for key in listed:          # each example, uncommented, is a valid value
+        line = next(l for l in text.splitlines() if l.startswith("# %s = " % key))
+        assert key in config.loads_text(line[2:].split("#")[0], path)
+    for key in tables:          # and so is each table
+        block = re.search(r"(?m)^# \[%s\..*(\n# \w+ = .*)*" % key, text).group(0)
+        assert key in config.loads_text(re.sub(r"(?m)^# ", "", block), path)

@@ -153,7 +153,8 @@ def peer_rows(data_dir, ours) -> list:
                      "behind": P.behind(ours, pvv) if pvv is not None else None,
                      "ahead": P.behind(pvv, ours) if pvv is not None else None,
                      "connected": st.get("connected", False),
-                     "last_sync": st.get("last_sync"), "last_error": st.get("last_error")})
+                     "last_sync": st.get("last_sync"), "last_error": st.get("last_error"),
+                     "declared": bool(entry.get("config"))})
     return rows
 
 
@@ -182,11 +183,11 @@ def cmd_peer_list(args):
         when = (" (last sync %s)" % time.strftime("%Y-%m-%d %H:%M:%S",
                                                    time.localtime(r["last_sync"]))
                 if r["last_sync"] else "")
-        print("%s  %-12s %-21s  %s%s%s%s" % (r["device_id"], r["name"] or "-",
-                                              r["addr"] or "(dials in)", lag, when,
-                                        "  connected" if r["connected"] else "",
-                                        "  last error: " + r["last_error"]
-                                        if r["last_error"] else ""))
+        print("%s  %-12s %-21s  %s%s%s%s%s" % (
+            r["device_id"], r["name"] or "-", r["addr"] or "(dials in)", lag, when,
+            "  connected" if r["connected"] else "",
+            "  last error: " + r["last_error"] if r["last_error"] else "",
+            "  (mycelium.toml)" if r["declared"] else ""))
     print("(our vector from the store)", file=sys.stderr)
     return 0
 

@@ -21,7 +21,7 @@ import time
 from .. import fs
 from ..errors import StoreCorrupt, UsageError
 
-__all__ = ["load_peers", "add_peer", "remove_peer", "rename_peer", "edit", "check_name",
+__all__ = ["load_peers", "config_peers", "add_peer", "remove_peer", "rename_peer", "edit", "check_name",
            "parse_addr", "format_addr",
            "load_state", "save_state", "write_json"]
 
@@ -67,9 +67,45 @@ def format_addr(host, port) -> str:
 
 
 def load_peers(data_dir) -> dict:
-    """{device_id: {"addr": "HOST:PORT", ...}}"""
+    """{device_id: {"addr": "HOST:PORT", ...}}: those of peers.json, and
+    those mycelium.toml declares ([peers.NAME]; marked "config": True)."""
     _, path, _ = _paths(data_dir)
-    return _read_json(path, {"version": 1, "peers": {}}).get("peers", {})
+    peers = _read_json(path, {"version": 1, "peers": {}}).get("peers", {})
+    declared = config_peers()
+    if declared:
+        peers = {k: v for k, v in peers.items() if k not in declared}
+        peers.update(declared)
+    return peers
+
+
+def config_peers() -> dict:
+    """The peers mycelium.toml declares (agent/config.py puts them in
+    $MYCELIUM_PEERS), in load_peers' form."""
+    raw = os.environ.get("MYCELIUM_PEERS")
+    if not raw:
+        return {}
+    import json
+    from ..config import _peers
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        raise UsageError("$MYCELIUM_PEERS is not JSON; set peers in mycelium.toml as "
+                         "[peers.NAME] tables instead") from None
+    from .devid import stored_id
+    out = {}
+    for name, e in _peers("$MYCELIUM_PEERS", doc).items():
+        entry = out[stored_id(e["id"])] = {"name": name, "config": True}
+        if e["addr"]:
+            entry["addr"] = e["addr"]
+    return out
+
+
+def _not_declared(device_id):
+    e = config_peers().get(device_id)
+    if e is not None:
+        raise UsageError("that peer is declared in mycelium.toml as [peers.%s]; change it "
+                         "there (`mycelium config show` names the file) and restart serve"
+                         % e["name"])
 
 
 def edit(data_dir, fn):
@@ -98,9 +134,11 @@ def check_name(peers, device_id, name):
 
 def add_peer(data_dir, device_id, addr, name=None) -> bool:
     """Add or update a peer (addr None: it only dials in); True if it was new."""
+    _not_declared(device_id)
+
     def add(peers):
         if name is not None:
-            check_name(peers, device_id, name)
+            check_name({**peers, **config_peers()}, device_id, name)
         new = device_id not in peers
         entry = peers.setdefault(device_id, {"added": int(time.time())})
         if addr is None:
@@ -115,12 +153,15 @@ def add_peer(data_dir, device_id, addr, name=None) -> bool:
 
 def remove_peer(data_dir, device_id) -> dict:
     """Forget a peer; returns its entry."""
+    _not_declared(device_id)
     return edit(data_dir, lambda peers: peers.pop(device_id))
 
 
 def rename_peer(data_dir, device_id, name) -> None:
+    _not_declared(device_id)
+
     def rename(peers):
-        check_name(peers, device_id, name)
+        check_name({**peers, **config_peers()}, device_id, name)
         peers[device_id]["name"] = name
     edit(data_dir, rename)
 
