@@ -5,7 +5,7 @@ DIST_MODE ?= packed
 BUILD_PY := build/venv/bin/python
 
 .PHONY: venv bench bench-quick dist dist-modes smoke bench-startup dist-arm64 dist-armhf \
-	qemu-test qemu-test-armhf qemu-budget ci-arm64 termux-check deb deb-test
+	qemu-test qemu-test-armhf qemu-budget ci-arm64 termux-check deb deb-test deb-vm-test
 
 # Benchmarks (bench/README.md). Peers: pip install -r bench/requirements.txt
 bench:
@@ -56,6 +56,11 @@ deb:
 deb-test:
 	ARCH=$(ARCH) sh qemu/test-deb.sh
 
+# the amd64 package under a booted systemd in a VM: start, restart on upgrade,
+# stop on removal (qemu/test-deb-vm.sh; root; SRC= what the package holds)
+deb-vm-test:
+	sh qemu/test-deb-vm.sh
+
 # ---- arm64 / armhf (cross/, qemu/; need root) ----
 dist-arm64:
 	ARCH=arm64 sh cross/build.sh
@@ -81,5 +86,6 @@ ci-arm64:
 	sh qemu/ci-arm64.sh
 
 termux-check: venv
-	shellcheck -x -S warning packaging/*.sh packaging/termux/*.sh cross/*.sh qemu/*.sh
+	shellcheck -x -S warning packaging/*.sh packaging/termux/*.sh packaging/deb/*.sh \
+	  packaging/deb/postinst packaging/deb/prerm packaging/deb/postrm cross/*.sh qemu/*.sh
 	PYTHON=$(BUILD_PY) sh packaging/termux/build.sh --check

@@ -34,7 +34,7 @@ mkdir -p "$work/upper" "$work/ovl" "$work/merged"
 mount -t overlay overlay -o "lowerdir=$ROOT,upperdir=$work/upper,workdir=$work/ovl" "$work/merged"
 M=$work/merged
 mkdir -p "$M/opt/debs"
-cp "$work"/debs/*.deb "$REPO/packaging/deb/checks.sh" "$M/opt/debs/"
+cp "$work"/debs/*.deb "$REPO/packaging/deb/checks.sh" "$REPO/packaging/deb/check-lib.sh" "$M/opt/debs/"
 if [ -n "${src_tree:-}" ]; then
   mkdir -p "$M/opt/mycelium-src"
   (cd "$REPO" && git ls-files -z -- agent | tar --null -T - -cf -) | tar -xf - -C "$M/opt/mycelium-src"

@@ -13,16 +13,8 @@
 set -eu
 OLD=$1
 NEW=$2
-fails=0
-ok() { echo "ok   $*"; }
-bad() { echo "FAIL $*"; fails=$((fails + 1)); }
-# check WHAT COMMAND...: ok if COMMAND succeeds; else FAIL and its output
-check() {
-  d=$1; shift
-  if "$@" > /tmp/check.out 2>&1; then ok "$d"; else bad "$d"; sed 's/^/     /' /tmp/check.out; fi
-}
-now() { date +%s.%N; }
-took() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+# shellcheck source=packaging/deb/check-lib.sh
+. "$(dirname "$0")/check-lib.sh"
 as_svc() { runuser -u mycelium -- env MYCELIUM_CACHE_DIR=/var/cache/mycelium mycelium "$@"; }
 wants=/etc/systemd/system/multi-user.target.wants/mycelium.service
 
