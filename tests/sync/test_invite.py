@@ -174,8 +174,8 @@ def _pbm_of(text):
     return "\n".join(out) + "\n"
 
 
-@pytest.mark.skipif(os.geteuid() != 0 and not shutil.which("zbarimg"),
-                    reason="zbarimg (zbar-tools) is installed by scripts/bootstrap.sh as root")
+@pytest.mark.skipif(not shutil.which("zbarimg") and not os.environ.get("MYCELIUM_REQUIRE_TOOLS"),
+                    reason="no zbarimg (zbar-tools; scripts/bootstrap.sh test installs it as root)")
 def test_the_qr_code_in_the_terminal_reads_back_as_the_token(tmp_path):
     assert shutil.which("zbarimg"), "scripts/bootstrap.sh test installs zbar-tools"
     a = str(tmp_path / "a")
