@@ -231,7 +231,12 @@ class Daemon:
         self.reload_peers()
         if pid not in self.peers:
             from . import invite
-            if invite.open_invites(self.data_dir):
+            try:
+                inviting = invite.open_invites(self.data_dir)
+            except AgentError as e:     # a damaged invites.json: no invite is open
+                self.log("cannot read the open invites: %s" % e, "error", ("invites",))
+                inviting = 0
+            if inviting:
                 await invite.answer(self, reader, writer, pid)
                 return
             addr = writer.get_extra_info("peername")

@@ -193,3 +193,20 @@ def test_the_qr_code_in_the_terminal_reads_back_as_the_token(tmp_path):
     assert p.stdout.strip() == token
     assert I.parse_token(p.stdout)[1] == ["192.168.1.20:7420", "[fd00::20]:7420"]
     assert display_id(I.parse_token(token)[0]) == cmd(a, "id").stdout.strip()
+
+
+def test_a_damaged_invites_file_refuses_joins_and_says_so(tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    init(a)
+    init(b)
+    sa = Serve(a)
+    try:
+        token = _invite(a, "--addr", sa.addr)
+        with open(os.path.join(a, "sync", "invites.json"), "w") as f:
+            f.write("{not json")
+        p = cmd(b, "join", token, check=2)
+        assert "no open invite" in p.stderr, p.stderr
+        assert "cannot read the open invites" in sa.log()
+        assert sa.p.poll() is None and _peers(b) == {}
+    finally:
+        sa.stop()
