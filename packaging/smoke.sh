@@ -1,6 +1,7 @@
 #!/bin/sh
 # Smoke test of a built binary: init, put, get, del, scan, stats, and (when the
-# binary has `serve` and `sync`) a sync over TLS between two data directories.
+# binary has `serve` and `sync`) a sync over TLS between two data directories
+# and an invite with its QR code.
 #   packaging/smoke.sh [BINARY]        default dist/mycelium
 # MYCELIUM_CORE is passed through (reference forces the pure-Python engine);
 # EXPECT_ENGINE=wasm|reference makes the engine reported by stats a check.
@@ -70,5 +71,9 @@ if "$BIN" --help | grep -qE '^ +serve' && "$BIN" --help | grep -qE '^ +sync'; th
   wait "$spid" 2>/dev/null || true
   "$BIN" --data-dir "$B" get sensor:1 >/dev/null || fail "b lacks a's record after sync"
   step "sync ok ($addr)"
+  step "invite: its token and the QR code (segno in the binary)"
+  inv=$("$BIN" --data-dir "$D" invite --addr 127.0.0.1:7420 --qr yes) || fail "invite"
+  echo "$inv" | grep -q '^MYC1\.' || fail "invite printed no token: $inv"
+  echo "$inv" | grep -q "$(printf '\342\226\210')" || fail "invite drew no QR code"
 fi
 step "ok ($BIN)"
