@@ -71,7 +71,7 @@ if "$BIN" --help | grep -qE '^ +serve' && "$BIN" --help | grep -qE '^ +sync'; th
   wait "$spid" 2>/dev/null || true
   "$BIN" --data-dir "$B" get sensor:1 >/dev/null || fail "b lacks a's record after sync"
   step "sync ok ($addr)"
-  step "invite: its token and the QR code (segno in the binary)"
+  step "invite: its token and the QR code"
   inv=$("$BIN" --data-dir "$D" invite --addr 127.0.0.1:7420 --qr yes) || fail "invite"
   echo "$inv" | grep -q '^MYC1\.' || fail "invite printed no token: $inv"
   echo "$inv" | grep -q "$(printf '\342\226\210')" || fail "invite drew no QR code"

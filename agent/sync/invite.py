@@ -194,8 +194,8 @@ def qr_text(data: str, border: int = 2) -> str:
     """The QR code of `data` as text, two modules a character (half blocks).
     As qrencode's UTF8 mode does, a block is a light module, so that on a
     terminal with light text on a dark ground the code reads dark on light."""
-    import segno            # only here: nothing else needs it
-    m = [list(row) for row in segno.make(data, error="m", boost_error=False).matrix]
+    from ..qr import matrix
+    m = matrix(data)
     n = len(m[0]) + 2 * border
     rows = [[0] * n for _ in range(border)] + \
            [[0] * border + r + [0] * border for r in m] + [[0] * n for _ in range(border)]
