@@ -19,7 +19,8 @@ import sys
 
 from .errors import UsageError
 
-__all__ = ["KEYS", "ETC_PATH", "FILE_NAME", "apply", "load", "loads_text", "effective", "cmd_config_show"]
+__all__ = ["KEYS", "ETC_PATH", "FILE_NAME", "apply", "load", "loads_text", "closed", "effective",
+           "cmd_config_show"]
 
 ETC_PATH = "/etc/mycelium/mycelium.toml"
 FILE_NAME = "mycelium.toml"
@@ -49,7 +50,6 @@ KEYS = {
               "[peers.NAME] tables of id and addr, beside those `peer add` keeps"),
 }
 CHOICES = {"log_format": ("text", "json")}
-UNREADABLE = []         # files apply() could not look at (the directory is closed to this user)
 LATER = {"relay": "the NATS relay", "http": "the dashboard"}
 
 
@@ -171,14 +171,10 @@ def apply(argv, default_data_dir, etc_path: str = ETC_PATH) -> dict:
     data_dir = flag_dir or env.get("MYCELIUM_DATA_DIR") or etc.get("data_dir") \
         or default_data_dir()
     local_path = os.path.join(data_dir, FILE_NAME)
-    if closed(data_dir):
-        # the service's directory, seen by a user outside its group: nothing
-        # in it can be opened, so its file is left out (config show says so)
-        # and a command that opens the store says what to do
-        local = {}
-        UNREADABLE.append(local_path)
-    else:
-        local = load(local_path)
+    # the service's directory, seen by a user outside its group: nothing in
+    # it can be opened, so its file is left out (config show says so) and a
+    # command that opens the store says what to do
+    local = {} if closed(data_dir) else load(local_path)
     if "data_dir" in local:
         raise _fail(local_path, "data_dir can only be set in %s (this file is found through "
                     "it)" % etc_path)
@@ -219,7 +215,9 @@ def cmd_config_show(args):
             json.dumps(value) if isinstance(value, (str, dict)) else \
             str(value).lower() if isinstance(value, bool) else str(value)
         print("%-*s = %-24s # %s" % (width, key, text, source))
-    for path in UNREADABLE:
+    data_dir = shown["data_dir"][0]
+    if data_dir and closed(data_dir):
         print("mycelium: %s was not read: its directory is closed to this user (run the "
-              "command as the directory's owner, or join its group)" % path, file=sys.stderr)
+              "command as the directory's owner, or join its group)"
+              % os.path.join(data_dir, FILE_NAME), file=sys.stderr)
     return 0

@@ -118,7 +118,8 @@ def _utf8(text, what="a key") -> bytes:
 class Node(Recovery, Forks):
     def __init__(self, data_dir: str, durable: bool = False, engine: Engine | None = None,
                  max_skew_ms: int = clock_mod.DEFAULT_MAX_SKEW_MS,
-                 flush_interval_ms: int = 100, rss_budget_mb: float | None = None, readonly: bool = False,
+                 flush_interval_ms: int = 100, rss_budget_mb: float | None = None,
+                 readonly: bool = False,
                  segment_bytes: int = SEGMENT_MAX, max_write: int = None):
         self.data_dir = data_dir
         self.readonly = readonly

@@ -26,8 +26,7 @@ _MASKS = [lambda x, y: (x + y) % 2 == 0, lambda x, y: y % 2 == 0,
 
 
 def _capacity(version):
-    ec, groups = _BLOCKS[version]
-    return sum(n * d for n, d in groups)
+    return sum(n * d for n, d in _BLOCKS[version][1])
 
 
 def _segments(text, version):
@@ -136,7 +135,7 @@ def _function_modules(version):
             for dy in range(-2, 3):
                 for dx in range(-2, 3):
                     put(ax + dx, ay + dy, max(abs(dx), abs(dy)) != 1)
-    _format(m, fn, put, size, 0)           # reserved now, written with the mask
+    _format(put, size, 0)                  # reserved now, written with the mask
     if version >= 7:
         rem = version
         for _ in range(12):
@@ -149,7 +148,7 @@ def _function_modules(version):
     return m, fn, size
 
 
-def _format(m, fn, put, size, mask):
+def _format(put, size, mask):
     data = 0b00 << 3 | mask                # level M
     rem = data
     for _ in range(10):
@@ -225,7 +224,7 @@ def matrix(text: str, mask: int = None, version: int = None) -> list:
 
         def put(x, y, dark, m=m):
             m[y][x] = int(dark)
-        _format(m, fn, put, size, k)
+        _format(put, size, k)
         p = _penalty(m, size) if mask is None else 0
         if best is None or p < best[0]:
             best = (p, m)

@@ -43,7 +43,6 @@ __all__ = ["make_token", "parse_token", "open_invite", "take_invite", "open_invi
 
 MAGIC = b"MYCPAIR1\n"
 PREFIX = "MYC1"
-DEFAULT_TTL = 15 * 60
 TIMEOUT = 10.0
 
 
@@ -151,14 +150,10 @@ def take_invite(data_dir, secret: str, joiner: str, addr, name):
                                        "invites": [i for i in invites if i is not hit[0]]})
         given = hit[0].get("name") or name
         try:
-            P.check_name(peers, joiner, given)
-        except UsageError:
-            given = None        # a clash or a bad name: the id alone
-        entry = peers.setdefault(joiner, {"added": int(now)})
-        if addr:
-            entry["addr"] = addr
-        if given:
-            entry["name"] = given
+            P.put(peers, joiner, addr, given)
+        except UsageError:      # a clash or a bad name: the id alone
+            given = None
+            P.put(peers, joiner, addr)
         return given or ""
     return P.edit(data_dir, take)
 
@@ -179,12 +174,12 @@ def local_addrs(port: int) -> list:
             pass
     try:
         for info in socket.getaddrinfo(socket.gethostname(), None, type=socket.SOCK_STREAM):
-            a = info[4][0]
-            if a not in found and not a.startswith(("127.", "fe80")) and a != "::1":
-                found.append(a)
+            if info[4][0] not in found:
+                found.append(info[4][0])
     except OSError:
         pass
-    found = [a for a in found if not a.startswith("fe80")] or ["127.0.0.1"]
+    found = [a for a in found
+             if not a.startswith(("127.", "fe80")) and a != "::1"] or ["127.0.0.1"]
     return [P.format_addr(a, port) for a in found[:3]]
 
 
@@ -311,5 +306,8 @@ def join(data_dir, token: str, my_addr=None, name=None, ctx=None):
 def _hostname():
     """This machine's host name as a peer name, or None if it is not one."""
     n = socket.gethostname().split(".")[0]
-    ok = 0 < len(n) <= 64 and all(ch.isprintable() and not ch.isspace() for ch in n)
-    return n if ok and n != "localhost" else None
+    try:
+        P.check_name({}, None, n)
+    except UsageError:
+        return None
+    return n if n != "localhost" else None

@@ -21,9 +21,8 @@ import time
 from .. import fs
 from ..errors import StoreCorrupt, UsageError
 
-__all__ = ["load_peers", "config_peers", "add_peer", "remove_peer", "rename_peer", "edit", "check_name",
-           "parse_addr", "format_addr",
-           "load_state", "save_state", "write_json"]
+__all__ = ["load_peers", "config_peers", "add_peer", "remove_peer", "rename_peer", "edit", "put",
+           "check_name", "parse_addr", "format_addr", "load_state", "save_state", "write_json"]
 
 
 def _paths(data_dir):
@@ -136,19 +135,24 @@ def add_peer(data_dir, device_id, addr, name=None) -> bool:
     """Add or update a peer (addr None: it only dials in); True if it was new."""
     _not_declared(device_id)
 
-    def add(peers):
-        if name is not None:
-            check_name({**peers, **config_peers()}, device_id, name)
-        new = device_id not in peers
-        entry = peers.setdefault(device_id, {"added": int(time.time())})
-        if addr is None:
-            entry.pop("addr", None)
-        else:
-            entry["addr"] = addr
-        if name is not None:
-            entry["name"] = name
-        return new
-    return edit(data_dir, add)
+    return edit(data_dir, lambda peers: put(peers, device_id, addr, name))
+
+
+def put(peers, device_id, addr, name=None) -> bool:
+    """Within edit(): add or update one entry (addr None: it only dials in;
+    name None: keep the one it has); True if it was new. A bad or taken
+    name is a UsageError, and then nothing is changed."""
+    if name is not None:
+        check_name({**peers, **config_peers()}, device_id, name)
+    new = device_id not in peers
+    entry = peers.setdefault(device_id, {"added": int(time.time())})
+    if addr is None:
+        entry.pop("addr", None)
+    else:
+        entry["addr"] = addr
+    if name is not None:
+        entry["name"] = name
+    return new
 
 
 def remove_peer(data_dir, device_id) -> dict:
