@@ -305,6 +305,8 @@ def cmd_watch(args):
     if not args.json:
         print("watching %r in %s (Ctrl-C to stop)" % (args.prefix, args.data_dir), file=sys.stderr)
     sys.stdout.flush()
+    from .observe.colours import badge, colour_of, use_colour
+    coloured = not args.json and use_colour(sys.stdout)
     for c in follow(args.data_dir, deadline=deadline):
         for key, text in describe(c):
             if key.startswith(args.prefix):
@@ -312,7 +314,10 @@ def cmd_watch(args):
                     print(json.dumps({"key": key, "op": text, "actor": "%016x" % c.actor,
                                       "seq": c.seq}), flush=True)
                 else:
-                    print("%s  %s  (actor %016x)" % (key, text, c.actor), flush=True)
+                    who = "%016x" % c.actor
+                    if coloured:    # a change names its actor, not its device
+                        who = badge(who, colour_of(who))
+                    print("%s  %s  (actor %s)" % (key, text, who), flush=True)
                 seen += 1
                 if args.count and seen >= args.count:
                     return EXIT_OK
@@ -577,6 +582,29 @@ def build_parser():
                    help="a peer not synced for this long makes the device degraded "
                         "(default %(default)s)")
     s.set_defaults(fn=_lazy(".status", "cmd_status"))
+    s = add_command(
+        sub, "events", "the timeline: syncs, forks, quarantines, compactions, errors",
+        description="What this device did and saw, oldest first, from its timeline (a ring "
+        "of at most 1 MiB in the data directory, events.log): sync sessions and the "
+        "changes merged and sent (summed per minute), forks, held and quarantined changes, "
+        "refused changes, snapshots, compactions, warnings and errors, configuration "
+        "changes, serve's starts and stops. Read-only: it works beside serve.\n\n"
+        "Kinds: sync.connected sync.merged sync.sent sync.caught_up sync.closed fork held "
+        "quarantine refused snapshot.sent snapshot.taken held.released compaction config "
+        "serve.start serve.stop notice warning error")
+    s.add_argument("--since", metavar="WHEN",
+                   help="only events since WHEN: a span (30s, 15m, 1h, 2d, 1w) or a UTC "
+                        "date and time (2026-12-03T12:00)")
+    s.add_argument("--kind", action="append", metavar="K",
+                   help="only kind K, or a family (sync = sync.*); repeat or give a comma "
+                        "list for several")
+    s.add_argument("--follow", "-f", action="store_true",
+                   help="keep printing events as they come (Ctrl-C to stop)")
+    s.add_argument("--lines", "-n", type=_count, default=0, metavar="N",
+                   help="only the last N events (default: all)")
+    s.add_argument("--timeout", type=float, default=0, metavar="SECONDS",
+                   help="with --follow, stop after SECONDS (default: never)")
+    s.set_defaults(fn=_lazy(".observe.events_cmd", "cmd_events"))
     s = add_command(
         sub, "backup", "write this device's whole state to FILE, also while serve runs",
         description="Write every record with its CRDT metadata, what this device holds and "

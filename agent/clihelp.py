@@ -63,6 +63,11 @@ It follows the op log, so it sees local writes, `serve`'s and synced changes."""
   mycelium status                         # exit 0 healthy, 1 degraded, 2 down
   mycelium status --stale 600             # a peer silent for 10 min is trouble
   mycelium --json status""",
+    "events": """\
+  mycelium events --since 1h              # the last hour
+  mycelium events --kind fork,quarantine  # only what needs an operator
+  mycelium events --follow --kind sync    # sync sessions as they happen
+  mycelium --json events -n 100           # the last 100, one JSON object per line""",
     "check": """\
   mycelium check && echo healthy          # for cron or a monitoring probe
   mycelium --json check""",

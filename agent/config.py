@@ -38,6 +38,8 @@ KEYS = {
                  "hold peers' changes stamped more than this many seconds ahead"),
     "memory_mb": ("MYCELIUM_RSS_BUDGET_MB", float, None,
                   "trim the store's mapped pages past this resident size"),
+    "http": ("MYCELIUM_HTTP", str, None,
+             "where serve's dashboard, /metrics and /healthz listen (off when unset)"),
     "log_format": ("MYCELIUM_LOG_FORMAT", str, "text", "serve's log: text or json"),
     "accept_unsigned": ("MYCELIUM_ACCEPT_UNSIGNED", bool, False,
                         "take changes no signature vouches for (upgrades from 0.1)"),
@@ -50,7 +52,7 @@ KEYS = {
               "[peers.NAME] tables of id and addr, beside those `peer add` keeps"),
 }
 CHOICES = {"log_format": ("text", "json")}
-LATER = {"relay": "the NATS relay", "http": "the dashboard"}
+LATER = {"relay": "the NATS relay"}
 
 
 def _fail(path, msg):

@@ -110,6 +110,7 @@ class Forks:
         self.forks = (self.forks + [entry])[-MAX_FORKS:]
         self.events.append(msg)
         self.fork_events.append(msg)
+        self.timeline.emit("fork", actor="%016x" % actor, why=why, own=actor == self.actor)
         if not self.readonly:
             fs.write_json(os.path.join(self.data_dir, FORKS_FILE), {"version": 1,
                                                                    "forks": self.forks})

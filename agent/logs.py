@@ -57,7 +57,10 @@ class Logger:
     def error(self, msg, key=None):
         self.write("error", msg, key)
 
-    def write(self, level, msg, key=None):
+    def write(self, level, msg, key=None, emit=True):
+        """Write msg unless its key's run holds it back; returns the line as
+        written (with the count held back), or None if it was held back.
+        emit=False: only the rate limiting (a quiet daemon still keeps it)."""
         now = self.clock()
         if key is not None:
             run = self._runs.get(key)
@@ -65,13 +68,15 @@ class Logger:
                 self._runs[key] = [0, now + FIRST_GAP, FIRST_GAP]
             elif now < run[1]:
                 run[0] += 1
-                return
+                return None
             else:
                 if run[0]:
                     msg = "%s (%d more like this in the last %s)" % (msg, run[0], _span(run[2]))
                 run[2] = min(MAX_GAP, run[2] * 2)
                 run[0], run[1] = 0, now + run[2]
-        self._emit(level, msg, now, key)
+        if emit:
+            self._emit(level, msg, now, key)
+        return msg
 
     def clear(self, key) -> bool:
         """End a rate-limited run (the trouble is over); True if there was one."""

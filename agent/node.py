@@ -30,6 +30,7 @@ from .core import load_engine
 from .core import ops as O
 from .core.batch import (build_batch, build_batch_raw, build_multi, index_map,
                          parse_apply_result, parse_merge_result)
+from .events import Notes, Timeline
 from .errors import (UsageError, InvalidArgument, StoreCorrupt, ClockSkewError, CoreError,
                      MalformedChange, AgentError, RecordTooLarge, RemoteError)
 from . import __version__
@@ -126,7 +127,8 @@ class Node(Recovery, Forks):
         self.durable = durable
         self._engine = engine
         self._closed = True
-        self.events = []        # what this open found and did: damage, repairs, rebuilds
+        self.timeline = Timeline(data_dir, readonly=readonly)   # agent/events.py
+        self.events = Notes(self.timeline)  # what this open found and did: damage, repairs
         self.incomplete = None  # why records may lack changes (the CLI exits non-zero)
         self._holes_pending = False
         self._repaired = {}     # read-only, READ mode: key id -> blob rebuilt from the log
@@ -619,6 +621,8 @@ class Node(Recovery, Forks):
                     break
                 self.pending.drop(it)
                 done += 1
+        if done:
+            self.timeline.emit("held.released", count=done, forced=force)
         return done
 
     def _settle_pending(self):
@@ -866,7 +870,11 @@ class Node(Recovery, Forks):
         """Write a snapshot of the store and drop the log segments it holds
         that every active peer holds (docs/OPERATIONS.md, "Compaction")."""
         from .history.compact import compact
-        return compact(self, drop)
+        got = compact(self, drop)
+        self.timeline.emit("compaction", **{k: got[k] for k in (
+            "records", "snapshot_bytes", "log_bytes_before", "log_bytes_after", "seconds")
+            if k in got})
+        return got
 
     def backup(self, path: str) -> dict:
         """Write this device's whole state to path as a snapshot file, at once
@@ -1022,6 +1030,7 @@ class Node(Recovery, Forks):
             self.log.close()
             if self._engine is not None:
                 self._engine.close()
+            self.timeline.flush(force=True)
         if err is not None:
             raise err
 

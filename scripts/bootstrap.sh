@@ -27,13 +27,16 @@ if [ "$EXTRAS" = test ]; then
     # tests/test_readonly.py checks with strace that reads write nothing;
     # tests/sync/test_invite.py reads invite's QR code back with zbarimg;
     # tests/core/test_wasm_build.py rebuilds the core with native/TOOLCHAIN's
-    # clang, wasm-ld and wasm-opt (Debian 12's clang, lld and binaryen)
+    # clang, wasm-ld and wasm-opt (Debian 12's clang, lld and binaryen);
+    # tests/observe/ drive the dashboard in headless Chromium
     need=""
     command -v strace >/dev/null 2>&1 || need="$need strace"
     command -v zbarimg >/dev/null 2>&1 || need="$need zbar-tools"
     command -v clang >/dev/null 2>&1 || need="$need clang"
     command -v wasm-ld >/dev/null 2>&1 || need="$need lld"
     command -v wasm-opt >/dev/null 2>&1 || need="$need binaryen"
+    command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+        need="$need chromium"
     if [ -n "$need" ]; then
         SUDO=""
         [ "$(id -u)" = 0 ] || SUDO=sudo

@@ -129,6 +129,7 @@ def test_peers_declared_in_the_file_are_synced_with_and_kept_there(tmp_path):
     ("listen = \n", ["not valid TOML"]),
     ("lisen = \":1\"\n", ["unknown setting 'lisen'", "listen"]),
     ("[relay]\nurl = \"nats://x\"\n", ["relay", "not in this version"]),
+    ("[http]\nlisten = \"127.0.0.1:7421\"\n", ["http must be a string"]),
 ])
 def test_a_bad_file_is_refused_and_nothing_runs(d, text, words):
     run(d, "put", "k", "v=1", check=0)

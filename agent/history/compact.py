@@ -106,6 +106,7 @@ def safe_compact(node, log=None) -> dict:
         return compact(node)
     except AgentError as e:
         node.events.append("compaction failed (%s); retrying later" % e)
+        node.timeline.emit("error", what="compaction", msg=str(e))
         if log is not None:
             log("compaction failed: %s" % e)
         return None

@@ -10,6 +10,7 @@ import sys
 import time
 
 from ..errors import UsageError, SyncError
+from . import journal
 from . import peers as P
 from .errors import PeerUnreachable
 from .devid import display_id, normalize_id, resolve
@@ -175,6 +176,9 @@ def cmd_peer_list(args):
     if not rows:
         print("no peers yet; add one with `mycelium peer add ID HOST:PORT`", file=sys.stderr)
         return 0
+    from ..observe.colours import badge, fleet_colours, use_colour
+    colours = fleet_colours([display_id(ensure_identity(args.data_dir))] +
+                            [r["device_id"] for r in rows])
     for r in rows:
         if r["behind"] is None:
             lag = "never synced"
@@ -183,8 +187,11 @@ def cmd_peer_list(args):
         when = (" (last sync %s)" % time.strftime("%Y-%m-%d %H:%M:%S",
                                                    time.localtime(r["last_sync"]))
                 if r["last_sync"] else "")
-        print("%s  %-12s %-21s  %s%s%s%s%s" % (
-            r["device_id"], r["name"] or "-", r["addr"] or "(dials in)", lag, when,
+        name = r["name"] or "-"
+        shown = badge(name, colours[r["device_id"]]) + " " * max(0, 12 - len(name)) \
+            if use_colour(sys.stdout) else "%-12s" % name
+        print("%s  %s %-21s  %s%s%s%s%s" % (
+            r["device_id"], shown, r["addr"] or "(dials in)", lag, when,
             "  connected" if r["connected"] else "",
             "  last error: " + r["last_error"] if r["last_error"] else "",
             "  (mycelium.toml)" if r["declared"] else ""))
@@ -249,6 +256,7 @@ async def sync_once(node, data_dir, my_id, peer_id, addr, progress=None, timeout
     session.refusals = []
 
     def on_event(s, ev):
+        journal.note(node.timeline, ev, peer_id)
         if ev.kind == "refused":
             s.refusals.append(ev)
         if progress is not None:
@@ -338,15 +346,18 @@ def cmd_serve(args):
         # stdout carries this line only with --json (for scripts); the log
         # line on stderr says it for people, once
         if args.json:
-            print(json.dumps({"listening": P.format_addr(h, p),
-                              "device_id": display_id(my_id)}), flush=True)
+            out = {"listening": P.format_addr(h, p), "device_id": display_id(my_id)}
+            if d.dashboard is not None:
+                out["http"] = d.dashboard.url()
+            print(json.dumps(out), flush=True)
 
     raise_fd_limit()
     tune_malloc()
     with _open_node(args) as node:
         adopted = _adopt_signed_actor(node)
         d = Daemon(node, args.data_dir, my_id, accept_unsigned=args.accept_unsigned,
-                   log_format=args.log_format)
+                   log_format=args.log_format,
+                   http=P.parse_addr(args.http, listen=True) if args.http else None)
         if adopted:
             d.log(adopted)
 

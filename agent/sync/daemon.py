@@ -17,6 +17,7 @@ import time
 
 from ..control import ControlServer, socket_path
 from ..errors import AgentError, UsageError, SyncError
+from . import journal
 from . import peers as P
 from .errors import ListenError, UnknownPeer
 from .devid import display_id, normalize_id
@@ -63,7 +64,7 @@ class Daemon:
     """One node, a listener and a dialer per known peer, all in one loop."""
 
     def __init__(self, node, data_dir, my_id, quiet=False, accept_unsigned=None,
-                 log_format="text"):
+                 log_format="text", http=None):
         from ..logs import Logger
         self.node = node
         self.logger = Logger(display_id(my_id)[:7], log_format)
@@ -71,6 +72,9 @@ class Daemon:
         self.data_dir = data_dir
         self.my_id = my_id
         self.recent = Recent()
+        self.watchers = []          # fn(peer id, session event), e.g. the dashboard
+        self.http = http            # (host, port) of the dashboard, or None
+        self.dashboard = None
         self.sessions = {}          # session -> wake event
         self.dialers = {}           # peer id -> task
         self.peers = {}
@@ -93,9 +97,12 @@ class Daemon:
         self.next_compact = time.monotonic() + self.compact_gap
         _smaller_tls_buffers()
 
-    def log(self, msg, level="info", key=None):
-        if not self.quiet:
-            self.logger.write(level, msg, key)
+    def log(self, msg, level="info", key=None, event=True):
+        """A line on stderr; a warning or an error is also a timeline event,
+        rate-limited as the line is (event=False: on_event wrote a typed one)."""
+        shown = self.logger.write(level, msg, key, emit=not self.quiet)
+        if event and level != "info" and shown is not None:
+            self.node.timeline.emit(level, msg=shown)
 
     def label(self, pid):
         """A peer as the log names it: its name, else its id."""
@@ -111,6 +118,9 @@ class Daemon:
         pid = s.peer_id or s.expect_peer
         who = self.label(pid)
         k = ev.kind
+        journal.note(self.node.timeline, ev, pid)
+        for fn in self.watchers:
+            fn(pid, ev)
         if k == "connected":
             self.log("connected to %s (it lacks %d of our changes, we lack %d)"
                      % (who, P.behind(self.node.vv, ev.peer_vv), P.behind(ev.peer_vv, self.node.vv)))
@@ -123,16 +133,16 @@ class Daemon:
                         wake.set()
             self.state_dirty = True
         elif k == "forked":
-            self.log("FORK: %s (see `mycelium stats`, docs/SYNC.md \"Forks\")" % ev.why, "error")
+            self.log("FORK: %s (see `mycelium stats`, docs/SYNC.md \"Forks\")" % ev.why, "error", event=False)
             self._peer(pid)["last_error"] = "fork: %s" % ev.why
         elif k == "pended":
             self.log("from %s: %d change(s) held, %d quarantined, %d not taken (pending area "
                      "full); see `mycelium pending`: %s" % (who, ev.held, ev.quarantined,
                                                             ev.refused, "; ".join(ev.reasons[:3])),
-                     "warning", ("pended", pid))
+                     "warning", ("pended", pid), event=False)
         elif k == "refused":
             self.log("REFUSED %d change(s) from %s that no signature of their device vouches "
-                     "for: %s" % (ev.count, who, "; ".join(ev.reasons)), "warning", ("refused", pid))
+                     "for: %s" % (ev.count, who, "; ".join(ev.reasons)), "warning", ("refused", pid), event=False)
             P.note_refused(self._peer(pid), ev)
             self.state_dirty = True
         elif k == "sent":
@@ -145,7 +155,7 @@ class Daemon:
             else:
                 self.log("%s lacks history this device has compacted and is too old to take "
                          "a snapshot: upgrade it to 0.4 or later" % who, "warning",
-                         ("old", pid))
+                         ("old", pid), event=False)
                 self._peer(pid)["last_error"] = "needs a snapshot: upgrade it"
         elif k == "snapshot_taken":
             self.log("took a snapshot from %s (%s, %d record(s))" % (who, _size(ev.bytes),
@@ -161,7 +171,7 @@ class Daemon:
             if ev.error is not None:
                 self.log("session with %s closed: %s: %s" % (who, type(ev.error).__name__,
                                                              ev.error),
-                         "warning", ("closed", pid, type(ev.error).__name__))
+                         "warning", ("closed", pid, type(ev.error).__name__), event=False)
                 self._peer(pid)["last_error"] = "%s: %s" % (type(ev.error).__name__, ev.error)
             else:
                 self.log("session with %s closed (%s)" % (who, ev.reason))
@@ -374,26 +384,42 @@ class Daemon:
         loop = asyncio.get_running_loop()
         self.node.log.on_synced = lambda: loop.call_soon_threadsafe(self.wake_all)
         for msg in self.node.events:
-            self.log(msg, "warning")
+            self.log(msg, "warning", event=False)   # a notice on the timeline already
         control = ControlServer(self.node, socket_path(self.data_dir), self.wake_all)
         await control.start()
+        if self.http is not None:
+            from ..observe.http import Dashboard     # only with --http
+            self.dashboard = Dashboard(self, *self.http)
+            try:
+                url = await self.dashboard.start()
+            except BaseException:
+                server.close()
+                await control.close()
+                raise
+            self.log("dashboard on %s" % url)
         bound = server.sockets[0].getsockname()
         if on_listening:
             on_listening(bound[0], bound[1])
-        self.log("listening on %s as %s" % (", ".join(P.format_addr(*so.getsockname()[:2])
-                                                     for so in server.sockets),
-                                           display_id(self.my_id)))
+        where = ", ".join(P.format_addr(*so.getsockname()[:2]) for so in server.sockets)
+        self.log("listening on %s as %s" % (where, display_id(self.my_id)))
+        from .. import __version__
+        self.node.timeline.emit("serve.start", listen=where, version=__version__,
+                                durable=self.node.durable,
+                                peers=len(_known(self.data_dir)))
         try:
             while not self.stop.is_set():
                 self.reload_peers()
                 self.release_held()
                 self.maybe_compact()
                 self.save_state()
+                self.node.timeline.flush()
                 self.give_back_memory()
                 await self._sleep(STATE_EVERY)
         finally:
             server.close()
             await control.close()
+            if self.dashboard is not None:
+                await self.dashboard.close()
             for wake in list(self.sessions.values()):
                 wake.set()
             tasks = [t for t in self.dialers.values() if not t.done()]
@@ -403,6 +429,8 @@ class Daemon:
                 t.cancel()
             self.state_dirty = True
             self.save_state()
+            self.node.timeline.flush(force=True)     # the traffic tallies first
+            self.node.timeline.emit("serve.stop")
             self.log("stopped")
 
     async def _drain(self):

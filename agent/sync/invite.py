@@ -125,6 +125,8 @@ def open_invite(data_dir, ttl: float, name=None) -> str:
         invites.append({"hash": _hash(secret), "expires": now + ttl, "name": name})
         P.write_json(_path(data_dir), {"version": 1, "invites": invites})
     P.edit(data_dir, add)
+    from ..events import record
+    record(data_dir, "config", what="invite opened", ttl=ttl, name=name)
     return secret
 
 
@@ -155,7 +157,10 @@ def take_invite(data_dir, secret: str, joiner: str, addr, name):
             given = None
             P.put(peers, joiner, addr)
         return given or ""
-    return P.edit(data_dir, take)
+    got = P.edit(data_dir, take)
+    if got is not None:
+        P.config_event(data_dir, joiner, "peer joined by invite", addr=addr, name=got or None)
+    return got
 
 
 # -- addresses

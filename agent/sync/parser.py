@@ -77,6 +77,11 @@ def register(subparsers) -> None:
                    help="the log on stderr: text lines with date, level and device "
                         "(under systemd, journald priorities instead of dates), or one JSON "
                         "object per line; default %(default)s, or $MYCELIUM_LOG_FORMAT")
+    s.add_argument("--http", default=os.environ.get("MYCELIUM_HTTP") or None,
+                   metavar="HOST:PORT",
+                   help="also serve the dashboard, /metrics and /healthz there (off by "
+                        "default; e.g. 127.0.0.1:7421). An address other than loopback "
+                        "needs the token in http.token, which serve logs in the URL")
     _add_skew(s)
     _add_unsigned(s)
     s.set_defaults(fn=_lazy("cmd_serve"))

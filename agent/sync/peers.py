@@ -134,8 +134,17 @@ def check_name(peers, device_id, name):
 def add_peer(data_dir, device_id, addr, name=None) -> bool:
     """Add or update a peer (addr None: it only dials in); True if it was new."""
     _not_declared(device_id)
+    new = edit(data_dir, lambda peers: put(peers, device_id, addr, name))
+    config_event(data_dir, device_id, "peer added" if new else "peer updated", addr=addr,
+                  name=name)
+    return new
 
-    return edit(data_dir, lambda peers: put(peers, device_id, addr, name))
+
+def config_event(data_dir, device_id, what, **details):
+    from ..events import record
+    from .devid import display_id
+    record(data_dir, "config", display_id(device_id), what=what,
+           **{k: v for k, v in details.items() if v is not None})
 
 
 def put(peers, device_id, addr, name=None) -> bool:
@@ -158,7 +167,9 @@ def put(peers, device_id, addr, name=None) -> bool:
 def remove_peer(data_dir, device_id) -> dict:
     """Forget a peer; returns its entry."""
     _not_declared(device_id)
-    return edit(data_dir, lambda peers: peers.pop(device_id))
+    entry = edit(data_dir, lambda peers: peers.pop(device_id))
+    config_event(data_dir, device_id, "peer removed")
+    return entry
 
 
 def rename_peer(data_dir, device_id, name) -> None:
@@ -168,6 +179,7 @@ def rename_peer(data_dir, device_id, name) -> None:
         check_name({**peers, **config_peers()}, device_id, name)
         peers[device_id]["name"] = name
     edit(data_dir, rename)
+    config_event(data_dir, device_id, "peer renamed", name=name)
 
 
 def peers_mtime(data_dir):

@@ -28,18 +28,21 @@ def init(data_dir):
 
 
 class Serve:
-    def __init__(self, data_dir, log_path=None):
-        """log_path: where serve's stderr goes (default beside the data dir)."""
+    def __init__(self, data_dir, log_path=None, args=()):
+        """log_path: where serve's stderr goes (default beside the data dir);
+        args: more of serve's flags (e.g. --http 127.0.0.1:0)."""
         self.data_dir = data_dir
         self.err = open(log_path or os.path.join(os.path.dirname(data_dir),
                                                  os.path.basename(data_dir) + ".serve.log"), "ab")
         self.p = subprocess.Popen(
             [sys.executable, "-m", "agent", "--data-dir", data_dir, "--json",
-             "serve", "--listen", "127.0.0.1:0"],
+             "serve", "--listen", "127.0.0.1:0", *args],
             stdout=subprocess.PIPE, stderr=self.err, env=ENV)
         line = self.p.stdout.readline()
         assert line, self.log()
-        self.addr = json.loads(line)["listening"]
+        got = json.loads(line)
+        self.addr = got["listening"]
+        self.http = got.get("http")
 
     def log(self):
         with open(self.err.name) as f:
