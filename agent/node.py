@@ -769,8 +769,7 @@ class Node(Recovery, Forks):
                     self.seq = c.seq
                 if c.seq >= self.own_top[0]:
                     self.own_top = (c.seq, c.hash)
-        self._since_checkpoint += len(cs) - 1
-        self._tick()
+        self._tick(len(cs))
 
     def changes_since(self, known: Known | dict) -> Iterator[bytes]:
         """Yield raw changes the holder of `known` (a Known, or a version
@@ -926,15 +925,19 @@ class Node(Recovery, Forks):
             self.store.trim()
             self.trims += 1
 
-    def _tick(self):
+    def _tick(self, changes: int = 1):
+        """After a write or a merged batch of `changes`: the first change
+        since the last checkpoint starts its CHECKPOINT_SECONDS; the next
+        is due then, or after CHECKPOINT_EVERY changes."""
         self._ops += 1
         if self._ops >= TRIM_CHECK_EVERY:
             self._check_memory()
-        self._since_checkpoint += 1
-        if self._since_checkpoint == 1:
+        first = self._since_checkpoint == 0
+        self._since_checkpoint += changes
+        if first:
             self._checkpoint_due = time.monotonic() + CHECKPOINT_SECONDS
-        elif ((self._since_checkpoint >= CHECKPOINT_EVERY or time.monotonic() > self._checkpoint_due)
-              and not self.readonly):
+        if ((self._since_checkpoint >= CHECKPOINT_EVERY or
+             (not first and time.monotonic() > self._checkpoint_due)) and not self.readonly):
             self.try_checkpoint()
 
     def try_checkpoint(self) -> None:

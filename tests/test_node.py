@@ -260,3 +260,25 @@ def test_own_changes_form_a_hash_chain_across_reopens_and_kills(tmp_path):
     assert chain[-1].seq > chain[-2].seq + 1          # the seqs reserved before the kill are skipped
     for lower, c in zip(chain, chain[1:]):
         assert (c.prev, c.prev_hash) == (lower.seq, lower.hash), c
+
+
+def test_merged_batches_do_not_checkpoint_each_time(tmp_path):
+    """A checkpoint (a dozen fsyncs) is due 60 s after the first change
+    since the last one, or after 50,000 changes: not on every batch a peer
+    sends, which would wear an SD card and slow every merge."""
+    src = Node.open(str(tmp_path / "src"))
+    for i in range(60):
+        src.put("k%d" % i, {"v": i})
+    raws = list(src.changes_since({}))
+    src.close()
+    dst = Node.open(str(tmp_path / "dst"))
+    try:
+        made = []
+        real = dst.checkpoint
+        dst.checkpoint = lambda: (made.append(1), real())
+        for i in range(0, 60, 10):       # six batches of ten changes
+            dst.merge_changes(raws[i:i + 10])
+        assert made == []
+        assert dst.count() == 60
+    finally:
+        dst.close()
