@@ -116,6 +116,7 @@ PYTHONPATH="$REPO" "$PYTHON" -m nuitka "$@" \
   --lto=no --jobs="$JOBS" --assume-yes-for-downloads --quiet \
   --report="$REPO/build/nuitka-$MODE-$machine.report.xml" \
   --python-flag=no_site --python-flag=static_hashes --python-flag=safe_path \
+  --python-flag=no_docstrings \
   --include-package=agent \
   --include-package=nacl --include-module=nacl._sodium --include-module=_cffi_backend \
   --include-data-files="$REPO/agent/core/crdt_core.wasm=agent/core/crdt_core.wasm" \
