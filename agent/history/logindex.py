@@ -9,8 +9,14 @@ of each actor it holds (docs/FORMAT.md, "Segment index").
 A sealed segment never changes, so its index is built once (one pass over
 its change headers) and kept beside it as `NNNNNNNN.idx`, a JSON file with
 a CRC. A missing or damaged index is rebuilt from its segment; a read-only
-process builds it in memory only. The segment being written has no index:
-a session reads it whole, so a session's start costs at most one segment.
+process builds it in memory only.
+
+Within a segment, blocks of BLOCK entries (their offset and runs, in memory,
+each entry read once per process: the segment being written is read on from
+where the last look ended) let a session start at the first block the peer
+does not wholly hold, not at the segment's start. A peer a few changes
+behind then costs a few blocks to read, however long the segment or the
+history (bench/session_start.py).
 """
 import os
 
@@ -19,7 +25,9 @@ from ..change import actor_seq
 from ..errors import AgentError, MalformedChange, StoreCorrupt
 from ..vector import Known
 
-__all__ = ["LogIndex", "runs_of"]
+__all__ = ["LogIndex", "runs_of", "BLOCK"]
+
+BLOCK = 256           # entries per block of a segment
 
 
 def runs_of(seqs_by_actor) -> dict:
@@ -41,6 +49,7 @@ class LogIndex:
         self.log = log
         self.readonly = readonly
         self._runs = {}       # segment -> {actor: runs}
+        self._blocks = {}     # segment -> [end offset read, [[offset, count, seqs or runs]]]
 
     def _path(self, n):
         return self.log.path(n)[:-4] + ".idx"
@@ -97,12 +106,56 @@ class LogIndex:
 
     def start_for(self, known: Known):
         """The log position where a session for a peer holding `known` starts:
-        the first sealed segment it does not wholly hold, else the segment
-        being written."""
+        in the first segment it does not wholly hold (else the one being
+        written), the first block of it that it does not wholly hold. Every
+        change `known` lacks is at or after it."""
         for n in self.sealed():
             if not self.held_by(n, known):
-                return (n, 0)
-        return (self.log.seg, 0)
+                return self._within(n, known)
+        return self._within(self.log.seg, known)
+
+    def _within(self, n, known):
+        """The offset in segment n of its first block `known` lacks a change
+        of; the end read so far if it holds them all."""
+        got = self._read_blocks(n)
+        if got is None:
+            return (n, 0)
+        end, blocks = got
+        for b in blocks:
+            runs = b[2] if b[1] >= BLOCK else runs_of(b[2])
+            for a, rs in runs.items():
+                for lo, hi in rs:
+                    if not known.covers(a, lo, hi):
+                        return (n, b[0])
+        return (n, end)
+
+    def _read_blocks(self, n):
+        """Read segment n's entries not yet read into its blocks (up to what
+        is on disk); None if it cannot be read (the session reads it whole)."""
+        state = self._blocks.get(n)
+        if state is None:
+            state = self._blocks[n] = [0, []]
+        upto = self.log.durable_end() if n == self.log.seg else (n + 1, 0)
+        blocks = state[1]
+        try:
+            for pos, raw, end in self.log.entries((n, state[0]), upto=upto):
+                if not blocks or blocks[-1][1] >= BLOCK:
+                    blocks.append([pos[1], 0, {}])
+                b = blocks[-1]
+                try:
+                    a, sq = actor_seq(raw)
+                except MalformedChange:
+                    a = None
+                if a is not None:
+                    b[2].setdefault(a, []).append(sq)
+                b[1] += 1
+                if b[1] >= BLOCK:
+                    b[2] = runs_of(b[2])     # a full block keeps only its runs
+                state[0] = end[1]
+        except AgentError:
+            self._blocks.pop(n, None)
+            return None
+        return state
 
     def known_of(self, segments) -> Known:
         seqs = {}
@@ -123,6 +176,7 @@ class LogIndex:
 
     def forget(self, n: int) -> None:
         self._runs.pop(n, None)
+        self._blocks.pop(n, None)
         try:
             fs.unlink(self._path(n))
         except OSError:
