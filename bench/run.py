@@ -21,7 +21,8 @@ import tempfile
 import psutil
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCHMARKS = ("store_size", "latency", "merge", "sync", "set_history", "history", "flash")
+BENCHMARKS = ("store_size", "latency", "merge", "sync", "set_history", "history", "flash",
+              "session_start", "observe", "services")
 
 
 def machine():
