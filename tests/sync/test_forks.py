@@ -143,3 +143,24 @@ def test_a_hostile_peers_hello_cannot_make_a_device_move_or_report_forks(tmp_pat
     m.advertised = real
     run(*pair(x, m))
     assert m.get("later") == {"v": 1} and x.actor == actor
+
+
+def test_the_fork_evidence_is_sent_from_a_segment_the_peer_seems_to_hold(tmp_path):
+    """The change that proves a fork is one the peer's HELLO claims to hold
+    (same actor and seq, other content): the session must send it even
+    though the log index says the peer holds its segment and block."""
+    a, a2 = _clone(tmp_path)
+    b = make_node(tmp_path / "b")
+    actor = a.actor
+    a.put("x", {"v": 1})
+    a2.put("y", {"v": 2})
+    run(*pair(a, b))
+    b.log.seal()                             # a's seq 4 now in a sealed segment of b's log
+    for i in range(300):
+        b.put("b%d" % i, {"v": i})
+    sa2, sb = pair(a2, b)
+    run(sa2, sb)
+    own = [f for f in a2.stats()["forks"] if f.get("own")]
+    assert own and a2.actor != actor, a2.stats()["forks"]
+    for n in (a, a2, b):
+        n.close()
