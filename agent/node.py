@@ -1023,6 +1023,8 @@ class Node(Recovery, Forks):
                 try:
                     if self._frontier is not None:
                         self._frontier.save()
+                    if self._log_index is not None:
+                        self._log_index.save_blocks()
                     self.store.close(self._meta())
                     self.reserve.settle(self.seq, self.clock.last)
                 except AgentError as e:

@@ -44,12 +44,39 @@ def runs_of(seqs_by_actor) -> dict:
     return out
 
 
+def merge_runs(many) -> dict:
+    """The union of several {actor: runs}, as sorted disjoint runs."""
+    seqs = {}
+    for runs in many:
+        for a, rs in runs.items():
+            seqs.setdefault(a, []).extend(rs)
+    merged = {}
+    for a, rs in seqs.items():
+        rs = sorted(rs)
+        out = []
+        for lo, hi in rs:
+            if out and lo <= out[-1][1] + 1:
+                out[-1][1] = max(out[-1][1], hi)
+            else:
+                out.append([lo, hi])
+        merged[a] = out
+    return merged
+
+
+def _holds(known, runs) -> bool:
+    for a, rs in runs.items():
+        for lo, hi in rs:
+            if not known.covers(a, lo, hi):
+                return False
+    return True
+
+
 class LogIndex:
     def __init__(self, log, readonly: bool = False):
         self.log = log
         self.readonly = readonly
         self._runs = {}       # segment -> {actor: runs}
-        self._blocks = {}     # segment -> [end offset read, [[offset, count, seqs or runs]]]
+        self._blocks = {}     # segment -> [end read, [[offset, count, seqs|runs, cumulative runs]]]
 
     def _path(self, n):
         return self.log.path(n)[:-4] + ".idx"
@@ -98,11 +125,7 @@ class LogIndex:
 
     def held_by(self, n: int, known: Known) -> bool:
         """True if `known` holds every change of sealed segment n."""
-        for a, rs in self.runs(n).items():
-            for lo, hi in rs:
-                if not known.covers(a, lo, hi):
-                    return False
-        return True
+        return _holds(known, self.runs(n))
 
     def start_for(self, known: Known):
         """The log position where a session for a peer holding `known` starts:
@@ -116,17 +139,26 @@ class LogIndex:
 
     def _within(self, n, known):
         """The offset in segment n of its first block `known` lacks a change
-        of; the end read so far if it holds them all."""
+        of; the end read so far if it holds them all. "Holds every change of
+        the blocks up to i" can only turn false as i grows, so the first full
+        block it fails for is found by bisection over the blocks' cumulative
+        runs: a few checks, however long the segment."""
         got = self._read_blocks(n)
         if got is None:
             return (n, 0)
         end, blocks = got
-        for b in blocks:
-            runs = b[2] if b[1] >= BLOCK else runs_of(b[2])
-            for a, rs in runs.items():
-                for lo, hi in rs:
-                    if not known.covers(a, lo, hi):
-                        return (n, b[0])
+        full = len(blocks) if not blocks or blocks[-1][1] >= BLOCK else len(blocks) - 1
+        lo, hi = 0, full           # the first full block not held is in [lo, hi]
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if _holds(known, blocks[mid][3]):
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo < full:
+            return (n, blocks[lo][0])
+        if full < len(blocks) and not _holds(known, runs_of(blocks[-1][2])):
+            return (n, blocks[-1][0])
         return (n, end)
 
     def _read_blocks(self, n):
@@ -134,7 +166,7 @@ class LogIndex:
         is on disk); None if it cannot be read (the session reads it whole)."""
         state = self._blocks.get(n)
         if state is None:
-            state = self._blocks[n] = [0, []]
+            state = self._blocks[n] = self._saved_blocks(n) or [0, []]
         upto = self.log.durable_end() if n == self.log.seg else (n + 1, 0)
         blocks = state[1]
         try:
@@ -149,30 +181,54 @@ class LogIndex:
                 if a is not None:
                     b[2].setdefault(a, []).append(sq)
                 b[1] += 1
-                if b[1] >= BLOCK:
-                    b[2] = runs_of(b[2])     # a full block keeps only its runs
+                if b[1] >= BLOCK:     # a full block keeps its runs and those up to it
+                    b[2] = runs_of(b[2])
+                    b.append(merge_runs([blocks[-2][3], b[2]]) if len(blocks) > 1 else b[2])
                 state[0] = end[1]
         except AgentError:
             self._blocks.pop(n, None)
             return None
         return state
 
+    # The blocks of the segment being written are saved when the node closes
+    # (log/blocks.json), so a restart reads on from there, not the whole
+    # segment; after a crash the segment is read again. Only full blocks of
+    # entries that were on disk are saved, and the log only grows past them.
+
+    def _blocks_path(self):
+        return os.path.join(self.log.dir, "blocks.json")
+
+    def save_blocks(self) -> None:
+        n = self.log.seg
+        state = self._blocks.get(n)
+        if self.readonly or state is None:
+            return
+        full = [b for b in state[1] if b[1] >= BLOCK]
+        if not full:
+            return
+        end = state[1][len(full)][0] if len(full) < len(state[1]) else state[0]
+        try:
+            fs.write_json(self._blocks_path(), {"segment": n, "end": end, "blocks": [
+                [b[0], b[1], {"%016x" % a: rs for a, rs in b[2].items()}] for b in full]})
+        except AgentError:
+            pass        # a cache: the segment is read again next time
+
+    def _saved_blocks(self, n):
+        try:
+            obj = fs.read_json(self._blocks_path(), "the log's block index", "", None, False)
+        except (StoreCorrupt, AgentError):
+            return None
+        if not obj or obj.get("segment") != n or not (0 < obj.get("end", 0) <= self._size(n)):
+            return None
+        blocks = []
+        for off, count, runs in obj["blocks"]:
+            runs = {int(a, 16): rs for a, rs in runs.items()}
+            blocks.append([off, count, runs, merge_runs([blocks[-1][3], runs]) if blocks
+                           else runs])
+        return [obj["end"], blocks]
+
     def known_of(self, segments) -> Known:
-        seqs = {}
-        for n in segments:
-            for a, rs in self.runs(n).items():
-                seqs.setdefault(a, []).extend(rs)
-        merged = {}
-        for a, rs in seqs.items():
-            rs.sort()
-            out = []
-            for lo, hi in rs:
-                if out and lo <= out[-1][1] + 1:
-                    out[-1][1] = max(out[-1][1], hi)
-                else:
-                    out.append([lo, hi])
-            merged[a] = out
-        return Known.from_runs(merged)
+        return Known.from_runs(merge_runs([self.runs(n) for n in segments]))
 
     def forget(self, n: int) -> None:
         self._runs.pop(n, None)
