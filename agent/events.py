@@ -122,8 +122,9 @@ def _event(t, kind, device, details):
 
 
 def _line(ev) -> bytes:
+    # JSON escapes every newline in a string, so a line is one event
     body = json.dumps(ev, separators=(",", ":"), ensure_ascii=False, default=str).encode()
-    return b"%08x %s\n" % (zlib.crc32(body), body.replace(b"\n", b" "))
+    return b"%08x %s\n" % (zlib.crc32(body), body)
 
 
 def _may_write(data_dir) -> bool:

@@ -74,15 +74,7 @@ class Observer:
         counts = {}
         keys = store.keys
         for kid in (store.visible if store.visible is not None else ()):
-            p = prefix_of(keys.key(kid).decode("utf-8", "replace"))
-            bm = counts.get(p)
-            if bm is None:
-                if len(counts) >= MAX_PREFIXES:
-                    p = OTHER
-                    bm = counts.get(p)
-                if bm is None:
-                    bm = counts[p] = BitMap()
-            bm.add(kid)
+            _bitmap(counts, prefix_of(keys.key(kid).decode("utf-8", "replace"))).add(kid)
         self.prefixes = counts
         # that pass touched every key's page of the mapped key index: give
         # them back, or serve's RSS would grow by ~30 bytes per record
@@ -92,14 +84,7 @@ class Observer:
     def _on_save(self, key, blob):
         store = self._store
         kid = store.keys.find(key.encode("utf-8"))
-        p = prefix_of(key)
-        bm = self.prefixes.get(p)
-        if bm is None:
-            if len(self.prefixes) >= MAX_PREFIXES:
-                p = OTHER
-                bm = self.prefixes.get(p)
-            if bm is None:
-                bm = self.prefixes[p] = BitMap()
+        bm = _bitmap(self.prefixes, prefix_of(key))
         live = kid >= 0 and store.visible is not None and kid in store.visible
         if live:
             bm.add(kid)
@@ -232,6 +217,18 @@ class Observer:
         if self.node.timeline.error:
             out.append("the timeline cannot be written: %s" % self.node.timeline.error)
         return out
+
+
+def _bitmap(counts, p):
+    """The key ids under prefix p; past MAX_PREFIXES prefixes, under OTHER."""
+    bm = counts.get(p)
+    if bm is None:
+        if len(counts) >= MAX_PREFIXES:
+            p = OTHER
+            bm = counts.get(p)
+        if bm is None:
+            bm = counts[p] = BitMap()
+    return bm
 
 
 def _peer_state(connected, behind, ahead, err, ps, held, quarantined):

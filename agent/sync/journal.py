@@ -6,11 +6,7 @@ are written one by one; changes sent and merged are tallied per peer.
 """
 from .devid import display_id
 
-__all__ = ["note", "KINDS"]
-
-# every kind this module writes, for `mycelium events --kind` and the docs
-KINDS = ("sync.connected", "sync.merged", "sync.sent", "sync.caught_up", "sync.closed",
-         "fork", "held", "quarantine", "refused", "snapshot.sent", "snapshot.taken")
+__all__ = ["note"]
 
 
 def note(timeline, ev, peer_id) -> None:

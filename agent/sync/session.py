@@ -767,11 +767,9 @@ class Session:
         if c is not self._awaiting:
             raise ValueError("checked() for a check this session did not hand out")
         self._awaiting = None
-        lost = False
         for a, s in differ[:MAX_ACTORS]:
             self.model.lose(a, s)
-            lost = True
-        if lost:     # the cursor skipped what HELLO said the peer holds: these too
+        if differ:     # the cursor skipped what HELLO said the peer holds: these too
             self.cursor = min(self.cursor, self.node.log_start_for(self.model))
 
     def _on_changes(self, m):
