@@ -381,7 +381,13 @@ def check_findings(s: dict) -> list:
 
 
 def cmd_check(args):
-    """This device's own health: exit 0 when nothing needs looking at."""
+    """This device's own health: exit 0 when nothing needs looking at.
+    With PEER: the convergence check with that peer (agent/sync/check.py)."""
+    if args.peer or args.fleet:
+        if args.peer and args.fleet:
+            raise UsageError("give PEER or --fleet, not both")
+        from .sync.commands import cmd_check_peer
+        return cmd_check_peer(args)
     with _open(args, write=False) as n:
         s = n.stats()
     s["refused_changes"] = _refused_from_peers(args.data_dir)
@@ -636,7 +642,27 @@ def build_parser():
                     "  incomplete           records that may miss changes\n"
                     "  refused_changes      changes no signature vouched for\n"
                     "Exit 0 when there is none, 11 when there is any. Read-only: it works "
-                    "beside `mycelium serve`.")
+                    "beside `mycelium serve`.\n\n"
+                    "With PEER (its name, id or the start of its id): the convergence check. "
+                    "The two devices catch up, then compare a tree of digests of every "
+                    "record (names, values and CRDT metadata), so it also finds what version "
+                    "vectors cannot see: a fork, a lost change, a record damaged on disk. "
+                    "The keys that differ are listed and, unless --no-repair, each device "
+                    "joins the other's state of them, so both end holding the same. A few "
+                    "round trips whatever the number of records. Exit 0 when the two agree "
+                    "at the end, 11 when they differ. Beside a running serve it runs in "
+                    "serve's session with the peer (and serve runs one by itself with each "
+                    "peer every hour: $MYCELIUM_CHECK_EVERY seconds, 0 for never).")
+    s.add_argument("peer", nargs="?", metavar="PEER",
+                   help="compare the records with this peer's")
+    s.add_argument("--fleet", action="store_true",
+                   help="the convergence check with every known peer, one after another: "
+                        "exit 0 only when all hold the same records as this device")
+    s.add_argument("--no-repair", action="store_true",
+                   help="with PEER or --fleet: only list the keys that differ")
+    from .sync.parser import _add_skew, _add_unsigned
+    _add_skew(s)
+    _add_unsigned(s)
     s.set_defaults(fn=cmd_check)
     s = add_command(
         sub, "repair", "check every file, rebuild what is damaged from the op log",
@@ -736,7 +762,8 @@ def _as_owner(args):
     if st.st_uid == 0:
         return
     sub = getattr(args, "peer_cmd", None)
-    if args.cmd in READ_ONLY or (args.cmd == "peer" and sub == "list") or (
+    if (args.cmd in READ_ONLY and not getattr(args, "peer", None)) or (
+            args.cmd == "peer" and sub == "list") or (
             args.cmd == "pending" and not args.release):
         return
     user = _owner(st)

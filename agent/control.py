@@ -99,13 +99,24 @@ def _stream_request(line):
         else None
 
 
+def _check_request(line):
+    if b'"check"' not in line:
+        return None
+    try:
+        req = json.loads(line)
+    except ValueError:
+        return None
+    return req if isinstance(req, dict) and req.get("op") == "check" else None
+
+
 class ControlServer:
     """Serves one node's API on the control socket, in the daemon's loop."""
 
-    def __init__(self, node, path: str, on_write=None):
+    def __init__(self, node, path: str, on_write=None, on_check=None):
         self.node = node
         self.path = path
         self.on_write = on_write
+        self.on_check = on_check      # async fn(request) -> reply: `check PEER` (daemon)
         self.server = None
 
     async def start(self):
@@ -139,6 +150,11 @@ class ControlServer:
                 req = _stream_request(line)
                 if req is not None:
                     await self._stream_scan(req, writer)
+                    continue
+                req = _check_request(line)
+                if req is not None and self.on_check is not None:
+                    writer.write(json.dumps(await self.on_check(req)).encode() + b"\n")
+                    await writer.drain()
                     continue
                 writer.write(json.dumps(self.handle(line)).encode() + b"\n")
                 await writer.drain()
@@ -315,6 +331,10 @@ class RemoteNode:
 
     def compact(self, drop: bool = True) -> dict:
         return self._call(op="compact", keep_log=not drop)
+
+    def check(self, peer: str, repair: bool = True) -> dict:
+        """The daemon runs `check PEER` in its session with the peer."""
+        return self._call(op="check", peer=peer, repair=repair)
 
     def backup(self, path: str) -> dict:
         return self._call(op="backup", path=os.path.abspath(path))

@@ -65,6 +65,7 @@ Z = b"\x00"  # key index 0 and actor index 0 of a local change: its one key, thi
 TRIM_CHECK_EVERY = 2048
 DEFAULT_MAX_WRITE_MB = 1      # one local write; records hold up to MAX_RECORD (16 MiB)
 RELEASE_EVERY = 5.0           # seconds between checks of held changes against the clock
+MEND_GAP = 60.0               # seconds between snapshots written for records a check joined
 # 0: off. Trimming trades read latency (pages fault back in) for a bounded
 # RSS; 100K records and the core fit in 35 MB without it. Set
 # MYCELIUM_RSS_BUDGET_MB on small devices with stores far larger than that.
@@ -158,6 +159,8 @@ class Node(Recovery, Forks):
         # log.written at the last compaction; the log found at open counts as
         # grown, so a device restarted often still compacts
         self._log_at_compaction = -self.log.size()
+        self.mended_unsaved = False   # records a convergence check joined, in no log yet
+        self._mend_saved = float("-inf")
         self.pending = Pending(data_dir, readonly, self.events)
         self._next_release = 0.0
         self.heads = {}          # actor -> (seq, hash prefix) of the highest change held
@@ -875,6 +878,22 @@ class Node(Recovery, Forks):
             if k in got})
         return got
 
+    def save_mended(self, force: bool = False) -> bool:
+        """Records joined from a peer in a convergence check are in no log:
+        they are made durable in this device's snapshot, at once, or once
+        MEND_GAP has passed since the last time (a peer's repairs cannot
+        make it rewrite the snapshot for every message); serve's loop and
+        close() save what waits. True if a snapshot was written."""
+        if not self.mended_unsaved:
+            return False
+        now = time.monotonic()
+        if not force and now - self._mend_saved < MEND_GAP:
+            return False
+        from .history.compact import compact
+        compact(self, drop=False)
+        self._mend_saved, self.mended_unsaved = now, False
+        return True
+
     def backup(self, path: str) -> dict:
         """Write this device's whole state to path as a snapshot file, at once
         and consistent (agent/history/backup.py; `mycelium restore` reads it)."""
@@ -1012,6 +1031,12 @@ class Node(Recovery, Forks):
         next open recovers); an op log that cannot be flushed is raised."""
         if self._closed:
             return
+        if not self.readonly:
+            try:
+                self.save_mended(force=True)
+            except AgentError as e:
+                self.events.append("records a convergence check joined could not be saved "
+                                   "in the snapshot (%s); the next check joins them again" % e)
         self._closed = True
         err = None
         try:

@@ -64,6 +64,11 @@ def status(data_dir: str, stale: float = DEFAULT_STALE, now: float = None) -> di
             out["reasons"].append("%s last synced %s%s" % (
                 who, _ago(r["last_sync"], now),
                 ": " + r["last_error"] if r["last_error"] else ""))
+        lc = r.get("last_check")
+        if lc and not lc.get("agree", True):
+            out["reasons"].append("%s held %d record(s) different from this device's at the "
+                                  "last convergence check: run `mycelium check %s`"
+                                  % (who, lc.get("differ", 0), who))
     out["peers"] = rows
     for name, count, action in check_findings(stats):
         out["reasons"].append("%s: %d. %s" % (name, count, action))

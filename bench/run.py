@@ -22,7 +22,7 @@ import psutil
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCHMARKS = ("store_size", "latency", "merge", "sync", "set_history", "history", "flash",
-              "session_start", "observe", "services")
+              "session_start", "observe", "check", "services")
 
 
 def machine():

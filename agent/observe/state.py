@@ -148,6 +148,7 @@ class Observer:
                 "addr": entry.get("addr"), "known": pid in d.peers,
                 "connected": connected, "behind": behind, "ahead": ahead,
                 "last_sync": ps.get("last_sync"), "last_error": err,
+                "last_check": ps.get("last_check"),
                 "state": _peer_state(connected, behind, ahead, err, ps,
                                      st["held_changes"] and self.totals[("held", pid)],
                                      st["quarantined_changes"] and
@@ -162,6 +163,11 @@ class Observer:
         prefixes = sorted(((p, len(bm)) for p, bm in self.prefixes.items() if len(bm)),
                           key=lambda x: (-x[1], x[0]))
         in_step = sum(1 for p in peers if p["behind"] == 0 and p["ahead"] == 0)
+        checks = [p["last_check"] for p in peers if p.get("last_check")]
+        how = "version vectors"
+        if checks:
+            how += "; the last record check agreed with %d of %d checked" % (
+                sum(1 for c in checks if c.get("agree")), len(checks))
         reasons = self.reasons(st, peers, now)
         from .colours import fleet_colours
         me = display_id(d.my_id)
@@ -173,7 +179,7 @@ class Observer:
             "records": st["records"], "prefixes": prefixes[:50],
             "prefix_count": len(prefixes), "peers": peers,
             "convergence": {"in_step": in_step, "peers": len(peers),
-                            "how": "version vectors"},
+                            "how": how},
             "memory": {"rss": st["rss_bytes"], "budget": st["rss_budget_bytes"],
                        "trims": st["store_trims"]},
             "disk": disk,
@@ -214,6 +220,11 @@ class Observer:
             elif p["last_sync"] is not None and now - p["last_sync"] > stale and \
                     not p["connected"]:
                 out.append("%s last synced %d min ago" % (who, (now - p["last_sync"]) // 60))
+            lc = p.get("last_check")
+            if lc and not lc.get("agree", True):
+                out.append("%s held %d record(s) different from this device's at the last "
+                           "convergence check: run `mycelium check %s`"
+                           % (who, lc.get("differ", 0), who))
         if self.node.timeline.error:
             out.append("the timeline cannot be written: %s" % self.node.timeline.error)
         return out

@@ -43,6 +43,7 @@ _crc = zlib.crc32
 META_VERSION = 2
 _meta_hdr = struct.Struct("<BBHI")
 CLEAN = "clean"
+DIGESTS = "digests"          # the digest tree, saved at a clean close (history/digests.py)
 _NCLASSES = len(SIZE_CLASSES)
 
 
@@ -105,6 +106,9 @@ class Store:
         self.readonly = readonly or memory
         self._closed = False
         self._watches = []
+        self.touched = None      # key ids saved since the digest tree last looked
+        self.digests = None      # history/digests.py, built by the first check
+        self.saved_digests = None  # ... or as the last clean close saved it
         self.lock = None
         self.damaged = set()
         self.arenas = [None] * len(SIZE_CLASSES)
@@ -220,6 +224,28 @@ class Store:
                 bitmaps.rebuild(self)
         if writable:
             self.end()
+            self._take_digests(dirty)
+
+    def _take_digests(self, dirty):
+        """The digest tree a clean close saved (history/digests.py) is read
+        and its file removed: it is valid only until the next write, and
+        every write from here on is tracked in `touched`; close saves it
+        again. After a crash (dirty) it is dropped and built afresh."""
+        path = os.path.join(self.dir, DIGESTS)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return
+        except OSError:
+            data = None
+        try:
+            fs.unlink(path)
+        except OSError as e:
+            raise fs.error(e, "remove", path) from None
+        if not dirty and data:
+            self.saved_digests = data
+            self.touched = set()
 
     def power_cut(self):
         """None after a clean close or a process crash; else "durable" or
@@ -546,6 +572,8 @@ class Store:
                         self.arenas[old_cls] is not None:
                     self.arenas[old_cls].release(old_slot)
         self.damaged.discard(kid)
+        if self.touched is not None:
+            self.touched.add(kid)
         if visible:
             self.visible.add(kid)
         else:
@@ -697,6 +725,12 @@ class Store:
                                  if k not in ("keys", "heap", "hash_blocks", "fields", "actors")}
                 self.checkpoint(node_meta)
                 self.end()
+                if self.digests is None and self.saved_digests is not None:
+                    from ..history.digests import Digests   # cheap: from the saved one
+                    self.digests = Digests(self)
+                saved = self.digests.dump() if self.digests is not None else None
+                if saved is not None:
+                    fs.atomic_write(os.path.join(self.dir, DIGESTS), saved)
                 fd = fs.open_fd(os.path.join(self.dir, CLEAN), os.O_WRONLY | os.O_CREAT)
                 fs.close(fd)
                 fs.fsync_dir(self.dir)

@@ -9,7 +9,7 @@ import signal
 import sys
 import time
 
-from ..errors import UsageError, SyncError
+from ..errors import RemoteError, UsageError, SyncError
 from . import journal
 from . import peers as P
 from .errors import PeerUnreachable
@@ -19,7 +19,7 @@ from .daemon import Daemon, _known, _size, raise_fd_limit, tune_malloc
 from .session import Session
 from .transport import client_context, connect, drive
 
-__all__ = ["cmd_serve", "cmd_sync", "cmd_peer_add", "cmd_peer_list", "cmd_peer_remove",
+__all__ = ["cmd_serve", "cmd_sync", "cmd_check_peer", "cmd_peer_add", "cmd_peer_list", "cmd_peer_remove",
            "cmd_peer_rename", "cmd_id", "cmd_invite", "cmd_join", "peer_rows"]
 
 
@@ -142,7 +142,7 @@ def cmd_peer_rename(args):
 def peer_rows(data_dir, ours) -> list:
     """Each known peer, as `peer list` and `status` show it: id (as shown),
     name, addr, behind/ahead (None: never synced), connected, last_sync,
-    last_error."""
+    last_error, last_check (the last convergence check: time, agree, differ)."""
     peers = _known(data_dir)
     state = P.load_state(data_dir)
     rows = []
@@ -155,6 +155,7 @@ def peer_rows(data_dir, ours) -> list:
                      "ahead": P.behind(pvv, ours) if pvv is not None else None,
                      "connected": st.get("connected", False),
                      "last_sync": st.get("last_sync"), "last_error": st.get("last_error"),
+                     "last_check": st.get("last_check"),
                      "declared": bool(entry.get("config"))})
     return rows
 
@@ -333,6 +334,135 @@ def cmd_sync(args):
                                              _size(st["wire_out"]), out["received_changes"],
                                              out["new"], _size(st["wire_in"])))
     return 0
+
+
+# -- check PEER (the convergence check: agent/sync/check.py)
+
+
+async def check_once(node, data_dir, my_id, peer_id, addr, repair=True, accept_unsigned=None):
+    """Sync with the peer until both are caught up, then compare digest
+    trees (and repair). Returns the session; its .compare holds the result."""
+    from .check import Compare
+    host, port = P.parse_addr(addr)
+    reader, writer = await connect(host, port, client_context(data_dir), peer_id)
+    session = Session(node, my_id, peer_id, accept_unsigned=accept_unsigned)
+    session.compare = Compare(session, repair)
+    await drive(session, reader, writer, until_caught_up=True,
+                on_event=lambda s, ev: journal.note(node.timeline, ev, peer_id))
+    return session
+
+
+def check_result(session) -> dict:
+    """The report of a check session; raises what ended it early."""
+    c = session.compare
+    if session.error is not None and not (c is not None and c.done):
+        raise session.error
+    if session.peer_vv is None:
+        from .errors import PeerRefused
+        raise PeerRefused("%s closed the connection before the check began: it may not "
+                          "know this device" % display_id(session.expect_peer))
+    if c is None or not c.done:
+        raise PeerUnreachable("the connection to %s closed before the check finished: run "
+                              "`mycelium check` again" % display_id(session.expect_peer))
+    return dict(c.report(), peer=display_id(session.expect_peer))
+
+
+def cmd_check_peer(args):
+    """`mycelium check PEER` / `check --fleet`: exit 0 when this device holds
+    the same records as the peer (each known peer), after repairing them
+    unless --no-repair; 11 when any differs or cannot be reached (--fleet)."""
+    from ..errors import StoreLocked
+    my_id = ensure_identity(args.data_dir)
+    peers = _known(args.data_dir)
+    targets = sorted(peers) if args.fleet else [resolve(peers, args.peer)]
+    repair = not args.no_repair
+    results = []
+    try:
+        node = _open_node(args)
+    except StoreLocked:
+        from ..cli import _remote
+        remote = _remote(args.data_dir)
+        if remote is None:
+            raise
+        with remote:
+            for pid in targets:
+                results.append(_one(lambda: remote.check(pid, repair), pid, args.fleet))
+    else:
+        with node:
+            for pid in targets:
+                if not args.fleet:
+                    _resolve_peer(args.data_dir, args.peer)     # it needs an address
+                elif not peers[pid].get("addr"):
+                    results.append({"peer": display_id(pid), "agree": False,
+                                    "error": "it has no address (it dials in): run the "
+                                             "check on it, or beside this device's serve"})
+                    continue
+                results.append(_one(lambda: check_result(asyncio.run(check_once(
+                    node, args.data_dir, my_id, pid, peers[pid]["addr"], repair,
+                    args.accept_unsigned))), pid, args.fleet))
+        _note_checks(args.data_dir, zip(targets, results))
+    if not args.fleet:
+        out = results[0]
+        print(json.dumps(out)) if args.json else _print_check(out, repair)
+        return 0 if out["agree"] else 11
+    agree = all(r["agree"] for r in results)
+    if args.json:
+        print(json.dumps({"agree": agree, "peers": results}))
+    elif not results:
+        print("no peers to check; add one with `mycelium peer add ID HOST:PORT`")
+    else:
+        for r in results:
+            if "error" in r:
+                print("%s: not checked: %s" % (r["peer"], r["error"]))
+            else:
+                _print_check(r, repair)
+        print("%d of %d peers hold the same records as this device"
+              % (sum(1 for r in results if r["agree"]), len(results)))
+    return 0 if agree else 11
+
+
+def _one(run, pid, fleet):
+    """One peer's check; with --fleet a failure is a row, not the end."""
+    try:
+        return run()
+    except (SyncError, RemoteError) as e:
+        if not fleet:
+            raise
+        return {"peer": display_id(pid), "agree": False,
+                "error": "%s: %s" % (type(e).__name__, e)}
+
+
+def _note_checks(data_dir, done):
+    """Each check's result in state.json (peer list, status, the dashboard)."""
+    state = P.load_state(data_dir)
+    for pid, out in done:
+        if "error" in out:
+            continue
+        state.setdefault("peers", {}).setdefault(pid, {})["last_check"] = {
+            "time": int(time.time()), "agree": out["agree"], "differ": len(out["differ"]),
+            "repaired_here": len(out["repaired_here"])}
+    P.save_state(data_dir, state)
+
+
+def _print_check(out, repair):
+    differ = out["differ"]
+    shown = ", ".join(differ[:20]) + (" and %d more" % (len(differ) - 20) if len(differ) > 20
+                                      else "")
+    how = "%d round trip(s), %s, %.1f ms" % (out["round_trips"], _size(out["wire_bytes"]),
+                                             out["seconds"] * 1000)
+    if not differ:
+        print("%s holds the same records as this device (%s)" % (out["peer"], how))
+    elif not repair:
+        print("%d record(s) differ from %s: %s (%s). Run without --no-repair to join them "
+              "on both devices" % (len(differ), out["peer"], shown, how))
+    elif out["agree"]:
+        print("%d record(s) differed from %s: %s; both devices now hold their join (%d "
+              "changed here) (%s)" % (len(differ), out["peer"], shown,
+                                      len(out["repaired_here"]), how))
+    else:
+        print("%d record(s) differed from %s: %s; after %d walks the devices still differ "
+              "(writes going on? run it again) (%s)" % (len(differ), out["peer"], shown,
+                                                        out["walks"], how))
 
 
 # -- serve

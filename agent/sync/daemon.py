@@ -19,7 +19,7 @@ from ..control import ControlServer, socket_path
 from ..errors import AgentError, UsageError, SyncError
 from . import journal
 from . import peers as P
-from .errors import ListenError, UnknownPeer
+from .errors import ListenError, PeerRefused, PeerUnreachable, UnknownPeer
 from .devid import display_id, normalize_id
 from .session import Recent, Session
 from .transport import HANDSHAKE_TIMEOUT, client_context, connect, drive, peer_device_id, \
@@ -31,6 +31,7 @@ BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
 STATE_EVERY = 1.0
 COMPACT_MB = 8          # log growth (MB) after which serve compacts
 COMPACT_GAP = 60.0      # seconds between compactions, at least
+CHECK_EVERY = 3600.0    # seconds between automatic convergence checks with a peer (0: none)
 MAX_UNAUTHENTICATED = 64
 MAX_SESSIONS_PER_PEER = 2
 ACCEPT_BACKLOG = 16
@@ -93,6 +94,9 @@ class Daemon:
         self.server_ctx = None
         self.compact_bytes = int(float(os.environ.get("MYCELIUM_COMPACT_MB", COMPACT_MB)) * 1e6)
         self.compact_gap = float(os.environ.get("MYCELIUM_COMPACT_GAP", COMPACT_GAP))
+        self.check_every = float(os.environ.get("MYCELIUM_CHECK_EVERY", CHECK_EVERY))
+        self.checked_at = {}        # peer id -> when its last automatic check started
+        self.checking = set()
         # not in the first gap: peers being added then hold history back
         self.next_compact = time.monotonic() + self.compact_gap
         _smaller_tls_buffers()
@@ -160,6 +164,11 @@ class Daemon:
         elif k == "snapshot_taken":
             self.log("took a snapshot from %s (%s, %d record(s))" % (who, _size(ev.bytes),
                                                                      ev.records))
+        elif k == "mended" and ev.changed:
+            self.log("a convergence check with %s changed %d record(s) here, whose state "
+                     "this device had lost or not had: %s" % (
+                         who, len(ev.changed), ", ".join(ev.changed[:10])), "warning",
+                     ("mended", pid), event=False)
         elif k == "acked":
             self._peer(pid)["vv"] = P.vv_hex(s.peer_vv)
             self.state_dirty = True
@@ -385,7 +394,8 @@ class Daemon:
         self.node.log.on_synced = lambda: loop.call_soon_threadsafe(self.wake_all)
         for msg in self.node.events:
             self.log(msg, "warning", event=False)   # a notice on the timeline already
-        control = ControlServer(self.node, socket_path(self.data_dir), self.wake_all)
+        control = ControlServer(self.node, socket_path(self.data_dir), self.wake_all,
+                                self.check_peer)
         await control.start()
         if self.http is not None:
             from ..observe.http import Dashboard     # only with --http
@@ -411,6 +421,8 @@ class Daemon:
                 self.reload_peers()
                 self.release_held()
                 self.maybe_compact()
+                self.maybe_check()
+                self.node.save_mended()
                 self.save_state()
                 self.node.timeline.flush()
                 self.give_back_memory()
@@ -432,6 +444,108 @@ class Daemon:
             self.node.timeline.flush(force=True)     # the traffic tallies first
             self.node.timeline.emit("serve.stop")
             self.log("stopped")
+
+    async def check_peer(self, req) -> dict:
+        """The control op behind `mycelium check PEER` while serve runs: the
+        check runs in the live session with the peer, or in one dialled for it."""
+        from .check import Compare
+        from .commands import check_result
+        try:
+            from .devid import stored_id
+            pid = stored_id(str(req["peer"]))
+            repair = bool(req.get("repair", True))
+            s = next((s for s in self.sessions if s.peer_id == pid and s.ready
+                      and s.compare is None), None)
+            if s is None:
+                addr = self.peers.get(pid, {}).get("addr")
+                if not addr:
+                    raise UsageError("%s is not connected and has no address to dial"
+                                     % self.label(pid))
+                host, port = P.parse_addr(addr)
+                reader, writer = await connect(host, port, client_context(self.data_dir), pid)
+                s = Session(self.node, self.my_id, pid, recent=self.recent,
+                            accept_unsigned=self.accept_unsigned)
+                s.compare = Compare(s, repair)
+                wake = asyncio.Event()
+                self.sessions[s] = wake
+                try:
+                    await drive(s, reader, writer, until_caught_up=True, wake=wake,
+                                on_event=self.on_event, stop=self.stop)
+                finally:
+                    self.sessions.pop(s, None)
+                out = check_result(s)
+                self.note_check(pid, out)
+                return {"ok": out}
+            return {"ok": await self._check_live(s, repair)}
+        except AgentError as e:
+            return {"error": type(e).__name__, "message": str(e)}
+        except (KeyError, TypeError, ValueError) as e:
+            return {"error": "UsageError", "message": "bad check request: %s" % e}
+
+    async def _check_live(self, s, repair) -> dict:
+        """A check in the live session s (its drive loop carries the messages)."""
+        from .check import Compare
+        pid = s.peer_id
+        c = s.compare = Compare(s, repair)
+        asked = time.monotonic()
+        try:
+            while not c.done and not s.closed and not self.stop.is_set():
+                if c.started is None and (s.caught_up or time.monotonic() - asked > 5):
+                    if not s.peer_check:
+                        raise PeerRefused("%s runs a build without the convergence "
+                                          "check: upgrade it" % self.label(pid))
+                    if c.prepare():      # our tree, in slices: the loop goes on
+                        c.start()
+                        self.sessions[s].set()
+                await asyncio.sleep(0.005)
+        finally:
+            s.compare = None
+        if not c.done:
+            raise PeerUnreachable("the session with %s ended before the check finished"
+                                  % self.label(pid))
+        out = dict(c.report(), peer=display_id(pid))
+        self.note_check(pid, out)
+        return out
+
+    def note_check(self, pid, out):
+        """A check's result in state.json (peer list, status) and on the log."""
+        self._peer(pid)["last_check"] = {"time": int(time.time()), "agree": out["agree"],
+                                         "differ": len(out["differ"]),
+                                         "repaired_here": len(out["repaired_here"])}
+        self.state_dirty = True
+        self.node.timeline.emit("check", display_id(pid), agree=out["agree"],
+                                differ=len(out["differ"]), keys=out["differ"][:20])
+        if out["differ"]:
+            self.log("convergence check with %s: %d record(s) differed (%s)%s" % (
+                self.label(pid), len(out["differ"]), ", ".join(out["differ"][:10]),
+                "; both now hold their join" if out["agree"] else "; they still differ"),
+                "warning", ("check", pid), event=False)
+
+    def maybe_check(self, now=None):
+        """Every check_every seconds, a check (with repair) with each peer in
+        a live session, started by the side with the smaller device id, so a
+        fleet whose records drift apart is told, and mended, unasked."""
+        if not self.check_every:
+            return
+        now = time.monotonic() if now is None else now
+        for s in list(self.sessions):
+            pid = s.peer_id
+            if pid is None or not s.ready or not s.caught_up or not s.peer_check or \
+                    s.compare is not None or not self.my_id < pid or pid in self.checking:
+                continue
+            if now - self.checked_at.setdefault(pid, now) < self.check_every:
+                continue
+            self.checked_at[pid] = now
+            self.checking.add(pid)
+            task = asyncio.ensure_future(self._auto_check(s))
+            task.add_done_callback(lambda _t, pid=pid: self.checking.discard(pid))
+
+    async def _auto_check(self, s):
+        try:
+            await self._check_live(s, True)
+        except AgentError as e:
+            self.log("convergence check with %s did not finish: %s" % (self.label(s.peer_id),
+                                                                        e))
 
     async def _drain(self):
         while self.sessions:

@@ -1,7 +1,8 @@
 """A sync session's events on the timeline (agent/events.py): the one map
 from Session events to timeline kinds, used by `serve` and `mycelium sync`.
 
-Forks, quarantines, held and refused changes, snapshots and session ends
+Forks, quarantines, held and refused changes, snapshots, records joined by
+a convergence check (sync.mended) and session ends
 are written one by one; changes sent and merged are tallied per peer.
 """
 from .devid import display_id
@@ -37,6 +38,9 @@ def note(timeline, ev, peer_id) -> None:
         emit("snapshot.sent", dev, bytes=ev.bytes, can_take=ev.can_take)
     elif k == "snapshot_taken":
         emit("snapshot.taken", dev, bytes=ev.bytes, records=ev.records)
+    elif k == "mended":
+        if ev.changed:
+            emit("sync.mended", dev, records=ev.records, changed=ev.changed[:100])
     elif k == "caught_up":
         emit("sync.caught_up", dev)
     elif k == "closed":

@@ -58,8 +58,9 @@ __all__ = ["PROTOCOL", "Session", "Recent", "HELLO", "CHANGES", "ACK", "IDLE", "
 
 PROTOCOL = 4
 HELLO, CHANGES, ACK, IDLE, HAVE, BYE, SNAPSHOT = 1, 2, 3, 4, 5, 6, 7
+TREE, TREE_ANS, RECORDS = 8, 9, 10      # the convergence check (check.py)
 NAMES = {HELLO: "HELLO", CHANGES: "CHANGES", ACK: "ACK", IDLE: "IDLE", HAVE: "HAVE", BYE: "BYE",
-         SNAPSHOT: "SNAPSHOT"}
+         SNAPSHOT: "SNAPSHOT", TREE: "TREE", TREE_ANS: "TREE_ANS", RECORDS: "RECORDS"}
 BATCH_BYTES = 2 << 20          # raw change bytes per CHANGES batch (well under the frame cap)
 WINDOW = 4                      # batches in flight before waiting for an ACK
 BLOOM_CAPACITY = 4096
@@ -71,6 +72,7 @@ MAX_NOT_TAKEN = 1 << 16
 MAX_LOST_SPAN = 4096            # seqs one HAVE may ask for again (in all its new gaps)
 FLAG_LIVE = 1
 FLAG_SNAPSHOT = 2               # HELLO: this build takes SNAPSHOT messages
+FLAG_CHECK = 4                  # HELLO: this build answers TREE and RECORDS
 SNAP_CHUNK = 1 << 20            # snapshot file bytes per SNAPSHOT message
 _u64 = struct.Struct("<Q")
 
@@ -86,6 +88,9 @@ TRANSITIONS = {
     (OPEN, ACK): ("_on_ack", OPEN),
     (OPEN, IDLE): ("_on_idle", OPEN),
     (OPEN, HAVE): ("_on_have", OPEN),
+    (OPEN, TREE): ("_on_tree", OPEN),
+    (OPEN, TREE_ANS): ("_on_tree_ans", OPEN),
+    (OPEN, RECORDS): ("_on_records", OPEN),
     (OPEN, BYE): ("_on_bye", CLOSED),
 }
 
@@ -170,6 +175,16 @@ class Refused(Event):
 
     def __init__(self, batch, count, reasons):
         self.batch, self.count, self.reasons = batch, count, reasons
+
+
+class Mended(Event):
+    """Records a peer sent in a convergence check were joined: how many
+    came, the keys whose state changed here, whether the peer asked for ours."""
+    __slots__ = ("records", "changed", "reply")
+    kind = "mended"
+
+    def __init__(self, records, changed, reply):
+        self.records, self.changed, self.reply = records, changed, reply
 
 
 class Forked(Event):
@@ -337,6 +352,8 @@ class Session:
         self.peer_live = False
         self.peer_bloom = None
         self.peer_snap = False       # the peer takes SNAPSHOT messages
+        self.peer_check = False      # the peer answers TREE and RECORDS
+        self.compare = None          # check.Compare, on the side that runs a check
         # snapshots (history/): one per session each way at most
         self._snap = None            # the snapshot file being sent
         self._snap_checked = False
@@ -358,7 +375,7 @@ class Session:
                       "new": 0, "dup": 0, "gap": 0, "wire_out": 0, "wire_in": 0,
                       "raw_out": 0, "raw_in": 0, "rewinds": 0, "held": 0, "quarantined": 0,
                       "refused": 0, "not_taken": 0, "unsigned": 0, "forged": 0,
-                      "unvouched_sent": 0, "snap_out": 0, "snap_in": 0}
+                      "unvouched_sent": 0, "snap_out": 0, "snap_in": 0, "mended": 0}
         self.recv_batch = 0
         self.last_heard = time.monotonic()
 
@@ -385,7 +402,7 @@ class Session:
             out += _u64.pack(a)
             put_varint(out, sq)
             out += h
-        put_varint(out, (FLAG_LIVE if self.live else 0) | FLAG_SNAPSHOT)
+        put_varint(out, (FLAG_LIVE if self.live else 0) | FLAG_SNAPSHOT | FLAG_CHECK)
         encode_bloom(out, self.recent.bloom() if self.use_bloom else None)
         self._send(out)
 
@@ -754,6 +771,7 @@ class Session:
         self.model = known.copy()
         self.peer_live = bool(flags & FLAG_LIVE)
         self.peer_snap = bool(flags & FLAG_SNAPSHOT)
+        self.peer_check = bool(flags & FLAG_CHECK)
         self.peer_bloom = bf
         self.cursor = self.node.log_start_for(known)   # skip segments it holds whole
         self.node.peer_holds(peer_id, known)
@@ -986,6 +1004,38 @@ class Session:
             self.idle_sent = False
         if bf is not None:
             self.peer_bloom = bf
+
+    # -- the convergence check (check.py)
+
+    def _on_tree(self, m):
+        from .check import answer_tree
+        self._send(answer_tree(self.node, m))
+
+    def _on_tree_ans(self, m):
+        if self.compare is None:
+            raise ProtocolError("TREE_ANS, but this side asked for no tree")
+        self.compare.on_answer(m)
+
+    def _on_records(self, m):
+        from .check import decode_records
+        return decode_records(m, self.node.clock)
+
+    def mended(self, m, changed) -> None:
+        """The caller joined the records of Mend m (check.join_records gave
+        the keys it changed). Queues our own state of them if asked."""
+        if m is not self._awaiting:
+            raise ValueError("mended() for records this session did not hand out")
+        self._awaiting = None
+        if self.closed:
+            return
+        self.stats["mended"] += len(changed)
+        self._events.append(Mended(len(m.records), [k.decode("utf-8") for k in changed],
+                                   m.reply))
+        if m.reply:
+            from .check import encode_records
+            self._send(encode_records(self.node, m.keys, reply=False))
+        elif self.compare is not None:
+            self.compare.on_records(changed)
 
     def _on_bye(self, m):
         code, p = get_varint(m, 1)

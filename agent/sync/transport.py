@@ -15,6 +15,7 @@ from .identity import carrier_pem, cert_id, identity_paths
 from .peers import format_addr
 from ..errors import RemoteError
 from .session import Absorb, Check, Session
+from .check import Mend, join_records
 
 __all__ = ["server_context", "client_context", "peer_device_id", "connect", "drive", "settle",
            "HANDSHAKE_TIMEOUT", "IDLE_TIMEOUT", "KEEPALIVE"]
@@ -60,6 +61,14 @@ def settle(session: Session, data) -> None:
         for m in acts:
             if isinstance(m, Check):
                 session.checked(m, node.check_heads(m.vv, m.heads, m.peer))
+                continue
+            if isinstance(m, Mend):
+                try:
+                    changed = join_records(node, m)
+                except RemoteError as e:   # checked whole before: nothing was joined
+                    session.absorb_failed(m, e)
+                    return
+                session.mended(m, changed)
                 continue
             if isinstance(m, Absorb):
                 try:
@@ -174,7 +183,21 @@ async def drive(session: Session, reader, writer, *, until_caught_up=False, wake
                     if session.live and now - last_sent > keepalive:
                         session.have()
             if until_caught_up and session.caught_up and not session.closed:
-                session.close("caught up")
+                c = session.compare
+                if c is None or c.done:
+                    session.close("caught up" if c is None else "checked")
+                elif c.started is None:
+                    if session.peer_check:
+                        if c.prepare():          # this side's tree, built in slices
+                            c.start()
+                        else:
+                            wake.set()           # go on building without waiting
+                            if time.monotonic() - last_sent > keepalive:
+                                session.have()   # the peer hears from us meanwhile
+                    else:
+                        from .errors import PeerRefused
+                        session.fail(PeerRefused("the peer's build has no convergence check: "
+                                                 "upgrade it"))
             try:
                 await flush()
             except (OSError, ssl.SSLError, ConnectionError) as e:

@@ -29,13 +29,7 @@ def run(sa, sb, rounds=10_000):
     """Shuttle bytes until both are caught up or closed; returns all events."""
     evs = []
     for _ in range(rounds):
-        moved = False
-        for s, o in ((sa, sb), (sb, sa)):
-            s.pump()
-            data = s.data_to_send()
-            if data:
-                settle(o, data)
-                moved = True
+        moved = _round(sa, sb)
         evs += sa.events() + sb.events()
         if (sa.caught_up and sb.caught_up) or sa.closed or sb.closed:
             # deliver what is still queued (e.g. a BYE)
@@ -48,6 +42,26 @@ def run(sa, sb, rounds=10_000):
         if not moved:
             break
     return evs
+
+
+def shuttle(sa, sb, rounds=200):
+    """Shuttle bytes until neither side has any to send (a check's walk
+    after both are caught up, which run() would stop at)."""
+    for _ in range(rounds):
+        if not _round(sa, sb):
+            return
+
+
+def _round(sa, sb):
+    """Each side pumps and its bytes go to the other; True if any moved."""
+    moved = False
+    for s, o in ((sa, sb), (sb, sa)):
+        s.pump()
+        data = s.data_to_send()
+        if data:
+            settle(o, data)
+            moved = True
+    return moved
 
 
 def state(node):
