@@ -87,26 +87,23 @@ SCAN_CHUNK = 256               # records per streamed line
 SCAN_CHUNK_BYTES = 1 << 20     # or fewer, past this many bytes
 
 
+def _op_request(line, op):
+    """The request on line if it is op (a cheap look first), else None."""
+    if b'"%s"' % op.encode() not in line:
+        return None
+    try:
+        req = json.loads(line)
+    except ValueError:
+        return None
+    return req if isinstance(req, dict) and req.get("op") == op else None
+
+
 def _stream_request(line):
     """The request if it is a streamed scan, else None."""
     if b'"stream"' not in line:
         return None
-    try:
-        req = json.loads(line)
-    except ValueError:
-        return None
-    return req if isinstance(req, dict) and req.get("op") == "scan" and req.get("stream") \
-        else None
-
-
-def _check_request(line):
-    if b'"check"' not in line:
-        return None
-    try:
-        req = json.loads(line)
-    except ValueError:
-        return None
-    return req if isinstance(req, dict) and req.get("op") == "check" else None
+    req = _op_request(line, "scan")
+    return req if req is not None and req.get("stream") else None
 
 
 class ControlServer:
@@ -151,7 +148,7 @@ class ControlServer:
                 if req is not None:
                     await self._stream_scan(req, writer)
                     continue
-                req = _check_request(line)
+                req = _op_request(line, "check")
                 if req is not None and self.on_check is not None:
                     writer.write(json.dumps(await self.on_check(req)).encode() + b"\n")
                     await writer.drain()

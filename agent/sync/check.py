@@ -192,9 +192,9 @@ def decode_records(m, clock) -> Mend:
         p += bl
         if blob:
             join_blob(b"", blob, fr, ar, actors)       # MalformedChange if it does not decode
-            n_st, q = get_varint(blob, 1)
-            if n_st:                                   # the stamp table is sorted: its last
-                clock.check(_u64.unpack_from(blob, q + 8 * (n_st - 1))[0])   # is the newest
+            newest = _newest(blob)
+            if newest:
+                clock.check(newest)
         records.append((kb, blob))
     if p != len(m):
         raise ProtocolError("RECORDS has %d trailing bytes" % (len(m) - p))
@@ -226,6 +226,7 @@ def join_records(node, mend) -> list:
 
 
 def _newest(blob):
+    """The newest stamp of a blob: the last of its sorted stamp table."""
     n, q = get_varint(blob, 1)
     return _u64.unpack_from(blob, q + 8 * (n - 1))[0] if n else 0
 
@@ -325,8 +326,8 @@ class Compare:
             for i in asked:
                 theirs = m[p:p + size]
                 p += size
-                if theirs != d.children(level, i):
-                    ours = d.children(level, i)
+                ours = d.children(level, i)
+                if theirs != ours:
                     for j in range(FANOUT):
                         if theirs[j * DIGEST:(j + 1) * DIGEST] != ours[j * DIGEST:(j + 1) * DIGEST]:
                             self.next.append(i * FANOUT + j)
