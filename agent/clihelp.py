@@ -95,6 +95,20 @@ It follows the op log, so it sees local writes, `serve`'s and synced changes."""
   mycelium peer list
   mycelium peer rename garden-pi shed-pi
   mycelium peer remove shed-pi""",
+    "relay": """\
+  mycelium relay add nats://relay.example.net:4222 --fleet greenhouse
+  mycelium relay show
+  mycelium relay remove""",
+    "relay add": """\
+  mycelium relay add nats://192.168.1.5:4222 --fleet greenhouse
+  mycelium relay add tls://relay.example.net:4222 --fleet greenhouse --creds fleet.creds
+Use the same fleet name on every device. The server needs JetStream on:
+nats-server -js -sd /var/lib/nats (Debian's nats-server package).""",
+    "relay show": """\
+  mycelium relay show
+  mycelium --json relay show""",
+    "relay remove": """\
+  mycelium relay remove""",
     "peer add": """\
   mycelium peer add K3J5Q2M-ABCDEFG-HIJKLMN-OPQRSTU-H 192.168.1.20:7420
   mycelium peer add K3J5Q2M-ABCDEFG-HIJKLMN-OPQRSTU-H [fd00::20]:7420 --name garden-pi

@@ -97,6 +97,8 @@ class Daemon:
         self.check_every = float(os.environ.get("MYCELIUM_CHECK_EVERY", CHECK_EVERY))
         self.checked_at = {}        # peer id -> when its last automatic check started
         self.checking = set()
+        self.relay = None           # relay.link.Relay, while sync/relay.json sets one up
+        self.relay_mtime = None
         # not in the first gap: peers being added then hold history back
         self.next_compact = time.monotonic() + self.compact_gap
         _smaller_tls_buffers()
@@ -135,6 +137,8 @@ class Daemon:
                 for other, wake in self.sessions.items():
                     if other is not s:
                         wake.set()
+                if self.relay is not None:
+                    self.relay.wake.set()
             self.state_dirty = True
         elif k == "forked":
             self.log("FORK: %s (see `mycelium stats`, docs/SYNC.md \"Forks\")" % ev.why, "error", event=False)
@@ -321,6 +325,32 @@ class Daemon:
                 s.close("%s was removed from this device's peers" % display_id(s.peer_id))
                 wake.set()
 
+    async def reload_relay(self):
+        """Start, restart or stop the relay link as sync/relay.json says
+        (`mycelium relay add` or `remove` while serve runs)."""
+        from ..relay import config as RC
+        try:
+            m = os.stat(RC.path(self.data_dir)).st_mtime_ns
+        except OSError:
+            m = None
+        if m == self.relay_mtime:
+            return
+        self.relay_mtime = m
+        if self.relay is not None:
+            await self.relay.stop()
+            self.relay = None
+            self.state_dirty = True
+        if m is None:
+            return
+        try:
+            cfg = RC.load(self.data_dir)
+        except AgentError as e:
+            self.log("no relay: %s" % e, "error", ("relaycfg",))
+            return
+        from ..relay.link import Relay     # nats-py: only with a relay
+        self.relay = Relay(self, cfg)
+        self.relay.start()
+
     def save_state(self):
         """Write state.json; a full disk is logged (once) and retried, never fatal."""
         if not self.state_dirty:
@@ -328,8 +358,11 @@ class Daemon:
         for pid, e in self.peer_state.items():
             e["connected"] = self.connected(pid)
         try:
-            P.save_state(self.data_dir, {"device_id": self.my_id, "vv": P.vv_hex(self.node.vv),
-                                         "peers": self.peer_state})
+            st = {"device_id": self.my_id, "vv": P.vv_hex(self.node.vv),
+                  "peers": self.peer_state}
+            if self.relay is not None:
+                st["relay"] = self.relay.state
+            P.save_state(self.data_dir, st)
         except AgentError as e:
             if str(e) != self.state_error:
                 self.log("cannot save the sync state (%s); retrying every %.0f s"
@@ -381,6 +414,8 @@ class Daemon:
         """A local write came in through the control socket: offer it now."""
         for wake in self.sessions.values():
             wake.set()
+        if self.relay is not None:
+            self.relay.wake.set()
         self.state_dirty = True
 
     async def run(self, host, port, on_listening=None):
@@ -419,6 +454,7 @@ class Daemon:
         try:
             while not self.stop.is_set():
                 self.reload_peers()
+                await self.reload_relay()
                 self.release_held()
                 self.maybe_compact()
                 self.maybe_check()
@@ -432,6 +468,8 @@ class Daemon:
             await control.close()
             if self.dashboard is not None:
                 await self.dashboard.close()
+            if self.relay is not None:
+                await self.relay.stop()
             for wake in list(self.sessions.values()):
                 wake.set()
             tasks = [t for t in self.dialers.values() if not t.done()]

@@ -65,6 +65,40 @@ def _lazy(name):
     return run
 
 
+def _relay_cmd(name):
+    def run(args):
+        from ..relay import commands
+        return getattr(commands, name)(args)
+    return run
+
+
+def _register_relay(subparsers) -> None:
+    from ..clihelp import add_command
+    s = add_command(subparsers, "relay", "sync through the fleet's NATS JetStream relay",
+                    description="Devices that cannot dial each other (phones on mobile "
+                    "networks, devices behind NAT) sync through one nats-server with "
+                    "JetStream on (`nats-server -js`). Each device publishes the changes the "
+                    "stream lacks and takes those it lacks, checked as from a direct peer "
+                    "(signatures, clock, quarantine); direct peers go on as before. Each "
+                    "change is stored in the stream once. See docs/RELAY.md.")
+    rsub = s.add_subparsers(dest="relay_cmd", metavar="ACTION")
+    rsub.required = True
+    a = add_command(rsub, "add", "use this relay (replaces the one set before)",
+                    key="relay add")
+    a.add_argument("url", metavar="nats://HOST:4222",
+                   help="the nats-server (tls://HOST:4222 for one that requires TLS)")
+    a.add_argument("--fleet", required=True,
+                   help="the fleet's name, the same on every device (letters, digits, - _)")
+    a.add_argument("--creds", metavar="FILE",
+                   help="a NATS credentials file (.creds), if the server requires one")
+    a.set_defaults(fn=_relay_cmd("cmd_relay_add"))
+    a = add_command(rsub, "show", "the relay and what serve last did with it",
+                    key="relay show")
+    a.set_defaults(fn=_relay_cmd("cmd_relay_show"))
+    a = add_command(rsub, "remove", "stop using the relay", key="relay remove")
+    a.set_defaults(fn=_relay_cmd("cmd_relay_remove"))
+
+
 def register(subparsers) -> None:
     from ..clihelp import add_command
     s = add_command(subparsers, "serve", "sync continuously with every known peer")
@@ -117,6 +151,7 @@ def register(subparsers) -> None:
     a.add_argument("peer", help="its name, id or the start of its id")
     a.add_argument("name")
     a.set_defaults(fn=_lazy("cmd_peer_rename"))
+    _register_relay(subparsers)
     s = add_command(subparsers, "invite", "print a one-time token (and its QR code) that "
                     "pairs another device with this one: `mycelium join TOKEN` there")
     s.add_argument("--addr", action="append", metavar="HOST:PORT",

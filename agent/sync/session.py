@@ -44,13 +44,14 @@ from collections import deque
 
 from pybloom_live import BloomFilter
 
-from ..change import HASH_LEN, _blake, chain_head, change_head, parse_change
+from ..change import HASH_LEN, chain_head
 from ..fork import HEAD_HASH
 from ..codec import get_varint, put_varint
 from ..errors import MalformedChange, RemoteError
 from ..vector import Known
 from .frame import FrameReader, ProtocolError, encode_frame, MAX_DECODED
 from .parser import accept_unsigned_default
+from .batchwire import decode_changes, encode_changes, heads_for
 from .signing import authenticate, decode_heads, encode_heads
 
 __all__ = ["PROTOCOL", "Session", "Recent", "HELLO", "CHANGES", "ACK", "IDLE", "HAVE", "BYE",
@@ -594,25 +595,11 @@ class Session:
         if not picked:
             return False
         keep, skipped = self._bloom_skip(picked)
-        heads = self._heads_for(keep)
+        heads, unvouched = heads_for(keep, self.signer, self.head_store)
+        self.stats["unvouched_sent"] += unvouched
         out = bytearray((CHANGES,))
         put_varint(out, self.next_batch)
-        put_varint(out, len(keep))
-        raw_bytes = 0
-        last = {}    # actor -> (seq, hash) of its change sent just before in this batch
-        for raw, actor, seq, prev, ph, off in keep:
-            n = len(raw) - HASH_LEN           # the hash is recomputed by the receiver
-            lp = last.get(actor)
-            if ph is not None and lp is not None and lp[0] == prev and lp[1] == ph:
-                # and so is prev_hash: the hash of the change before it here
-                put_varint(out, (n - HASH_LEN) << 1 | 1)
-                out += memoryview(raw)[:off]
-                out += memoryview(raw)[off + HASH_LEN:n]
-            else:
-                put_varint(out, n << 1)
-                out += memoryview(raw)[:n]
-            last[actor] = (seq, raw[-HASH_LEN:])
-            raw_bytes += n
+        raw_bytes = encode_changes(out, keep)
         encode_heads(out, heads)
         batch = self.next_batch
         self.next_batch += 1
@@ -654,33 +641,6 @@ class Session:
         if not drop:
             return picked, 0
         return [it for i, it in enumerate(picked) if i not in drop], len(drop)
-
-    def _heads_for(self, keep):
-        """The signed heads the receiver needs: one for the top of each
-        actor's chain in the batch (and below any break in it). Own actors'
-        heads are signed here; relayed ones come from the HeadStore."""
-        by = {}
-        for it in keep:
-            if it[4] is not None:
-                by.setdefault(it[1], []).append(it)
-        heads = []
-        signer, store = self.signer, self.head_store
-        for actor, its in by.items():
-            its.sort(key=lambda it: it[2], reverse=True)
-            own = signer.has(actor)
-            anchored = None   # (seq, hash) the change above vouches for, if it is vouched for
-            for raw, _, sq, pv, ph, _ in its:
-                h = raw[-HASH_LEN:]
-                ok = anchored == (sq, h)
-                if not ok:
-                    hd = signer.sign(actor, sq, h) if own else store.get(actor, sq, h)
-                    if hd is not None:
-                        heads.append(hd)
-                        ok = True
-                    else:
-                        self.stats["unvouched_sent"] += 1
-                anchored = (pv, ph) if ok else None
-        return heads
 
     # -- messages
 
@@ -799,51 +759,14 @@ class Session:
         if batch != self.recv_batch + 1:
             raise ProtocolError("CHANGES batch %d arrived after batch %d (a replayed or "
                                 "reordered frame)" % (batch, self.recv_batch))
-        n, p = get_varint(m, p)
-        if n > len(m):
-            raise ProtocolError("CHANGES count %d runs past the message" % n)
-        parsed, odd = [], []
-        size = 0
-        last = {}    # actor -> (seq, hash) of its change just before in this batch
-        for _ in range(n):
-            ln, p = get_varint(m, p)
-            ln, cut = ln >> 1, ln & 1
-            if p + ln > len(m):
-                raise ProtocolError("a change runs past the CHANGES message")
-            body = m[p:p + ln]
-            p += ln
-            if cut:   # its prev_hash is the hash of the change before it here
-                actor, seq, prev, ph, off = chain_head(body)
-                if ph is None:
-                    raise ProtocolError("a change in batch %d without its prev_hash is not "
-                                        "of version 3" % batch)
-                lp = last.get(actor)
-                if lp is None or lp[0] != prev:
-                    raise ProtocolError("a change in batch %d leaves out the hash of a change "
-                                        "that is not before it in the batch" % batch)
-                body = body[:off] + lp[1] + body[off:]
-            size += len(body)
-            h = _blake(body, digest_size=HASH_LEN).digest()
-            raw = body + h
-            try:
-                c = parse_change(raw, check_hash=False)  # h was just computed
-                parsed.append(c)
-                last[c.actor] = (c.seq, h)
-            except MalformedChange as e:
-                try:
-                    head = change_head(raw, any_version=True)
-                except MalformedChange:
-                    raise ProtocolError("a change in batch %d is not a change (%s)"
-                                        % (batch, e)) from None
-                last[head[0]] = (head[1], h)
-                odd.append((head, raw, "%s: %s" % (type(e).__name__, e)))
+        parsed, odd, size, p = decode_changes(m, p)
         heads, p = decode_heads(m, p)
         if p != len(m):
             raise ProtocolError("CHANGES has %d trailing bytes" % (len(m) - p))
         self.recv_batch = batch
         self.peer_idle = False
         taken, refused, used = authenticate(parsed, heads, self.accept_unsigned)
-        return Merge(batch, taken, odd, n, size, refused, used)
+        return Merge(batch, taken, odd, len(parsed) + len(odd), size, refused, used)
 
     def _on_snapshot(self, m):
         batch, p = get_varint(m, 1)
