@@ -63,7 +63,8 @@ def median(samples):
 
 def fig(metric, unit, ours, peer=None, peer_name=None, goal=None, note=None):
     """One reported figure. goal: None, ("ratio", max) meaning ours/peer <= max,
-    or ("abs", max) meaning ours <= max (reported, never fails the run)."""
+    ("abs", max) meaning ours <= max, or ("min", least) meaning ours >= least
+    (absolute goals are reported, never fail the run)."""
     return {"metric": metric, "unit": unit, "ours": ours, "peer": peer,
             "peer_name": peer_name, "goal": list(goal) if goal else None, "note": note}
 

@@ -22,7 +22,7 @@ import psutil
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCHMARKS = ("store_size", "latency", "merge", "sync", "set_history", "history", "flash",
-              "session_start", "observe", "check", "services")
+              "session_start", "observe", "check", "relay", "services")
 
 
 def machine():
@@ -67,6 +67,8 @@ def judge(f):
         f["status"] = ""
     elif goal[0] == "ratio":
         f["status"] = "n/a" if f["ratio"] is None else ("pass" if f["ratio"] <= goal[1] else "miss")
+    elif goal[0] == "min":
+        f["status"] = "n/a" if ours is None else ("pass" if ours >= goal[1] else "miss")
     else:
         f["status"] = "n/a" if ours is None else ("pass" if ours <= goal[1] else "miss")
     return f
@@ -89,6 +91,8 @@ def goal_text(f):
         return ""
     if g[0] == "ratio":
         return "≤ %gx %s" % (g[1], f["peer_name"])
+    if g[0] == "min":
+        return "≥ " + show(g[1], f["unit"])
     return "≤ " + show(g[1], f["unit"])
 
 

@@ -37,7 +37,7 @@ import time
 from ..change import HASH_LEN, chain_head
 from ..errors import MalformedChange
 from ..sync.batchwire import decode_changes, encode_changes, heads_for
-from ..sync.frame import ProtocolError
+from ..sync.frame import MalformedFrame, ProtocolError, compress, decode_payload
 from ..sync.session import sync_parts
 from ..sync.signing import authenticate, decode_heads, encode_heads
 from ..vector import Known
@@ -223,7 +223,7 @@ class Relay:
         try:
             h = headers or {}
             first, last = int(h["Myc-First"]), int(h["Myc-Last"])
-            _, taken, odd, _, refused = self._decode(subj, data)
+            _, taken, odd, _, refused = self._decode(subj, h, data)
         except (KeyError, ValueError, TypeError, ProtocolError):
             return None
         if odd or refused or not _chained(taken, first, last):
@@ -308,9 +308,9 @@ class Relay:
         first, last = items[0][2], items[-1][2]
         hdr = {"Nats-Msg-Id": "%016x:%d-%d" % (actor, first, last),
                "Nats-Expected-Last-Subject-Sequence": str(self.at[actor][1]),
-               "Myc-First": str(first), "Myc-Last": str(last)}
+               "Myc-First": str(first), "Myc-Last": str(last), "Myc-Enc": "zstd"}
         try:
-            ack = await js.publish(subject(self.fleet, actor), bytes(out), headers=hdr)
+            ack = await js.publish(subject(self.fleet, actor), compress(out), headers=hdr)
         except BadRequestError as e:
             if e.err_code != WRONG_LAST:
                 raise
@@ -328,17 +328,27 @@ class Relay:
     # -- consuming
 
     async def _consume_loop(self, psub):
-        import nats.errors
         while True:
             try:
                 msgs = await psub.fetch(FETCH, timeout=1.0)
-            except nats.errors.TimeoutError:
+            except asyncio.TimeoutError:
+                # nothing to take. nats-py raises its own TimeoutError, or a
+                # bare asyncio one when the loop was busy past the deadline
+                # (publishing a backlog): neither is a lost link
                 continue
             await self.take(msgs)
 
-    def _decode(self, subj, data):
+    def _decode(self, subj, headers, data):
         """(actor, changes, odd, used, refused) of one message; ProtocolError
         if it does not frame, or is not a run on its own subject."""
+        enc = (headers or {}).get("Myc-Enc")
+        if enc == "zstd":
+            try:       # bounded as a sync frame is: the declared size, capped
+                data = decode_payload(data)
+            except MalformedFrame as e:
+                raise ProtocolError("a relay message that does not decompress (%s)" % e) from None
+        elif enc is not None:
+            raise ProtocolError("a relay message in an unknown encoding %r" % enc[:40])
         try:
             actor = int(subj.rsplit(".", 1)[1], 16)
             parsed, odd, _, p = decode_changes(data, 0, "relay")
@@ -376,7 +386,8 @@ class Relay:
             if self._held_already(msg):
                 continue
             try:
-                actor, taken, odd, used, refused = self._decode(msg.subject, msg.data)
+                actor, taken, odd, used, refused = self._decode(msg.subject, msg.headers,
+                                                                msg.data)
             except ProtocolError as e:
                 self._bad(msg.subject, str(e))
                 continue

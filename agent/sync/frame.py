@@ -23,7 +23,8 @@ from ..errors import RemoteError
 __all__ = [
     "FRAME_VERSION", "MAX_DECODED", "MAX_WINDOW", "MAX_WIRE", "MalformedFrame",
     "FrameTooLarge", "BadCompression", "MissingContentSize", "WindowTooLarge",
-    "SizeMismatch", "BadFrameVersion", "ProtocolError", "encode_frame", "decode_payload",
+    "SizeMismatch", "BadFrameVersion", "ProtocolError", "compress", "encode_frame",
+    "decode_payload",
     "FrameReader",
 ]
 
@@ -75,12 +76,18 @@ _cctx = zstandard.ZstdCompressor(compression_params=_cparams)
 _dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
 
 
-def encode_frame(payload) -> bytes:
-    """One frame holding payload (at most MAX_DECODED bytes)."""
+def compress(payload) -> bytes:
+    """One zstd frame holding payload (at most MAX_DECODED bytes), that
+    decode_payload reads back."""
     if len(payload) > MAX_DECODED:
         raise ValueError("sync payload of %d bytes exceeds the %d-byte frame cap"
                          % (len(payload), MAX_DECODED))
-    z = _cctx.compress(payload)
+    return _cctx.compress(payload)
+
+
+def encode_frame(payload) -> bytes:
+    """One frame holding payload (at most MAX_DECODED bytes)."""
+    z = compress(payload)
     return _u32.pack(len(z) + 1) + bytes((FRAME_VERSION,)) + z
 
 

@@ -11,6 +11,7 @@ from agent.client import connect
 from agent.node import Node
 from agent.relay.config import stream_name, subject
 from agent.sync.batchwire import decode_changes
+from agent.sync.frame import compress, decode_payload
 
 from tests.sync.procs import Serve, cmd, init, state_vv, wait_for
 from .stream import publish, read_stream
@@ -51,7 +52,8 @@ def _runs_by_subject(url):
     runs, bad = {}, []
     for seq, subj, h, data in read_stream(url, stream_name(FLEET)):
         try:
-            parsed, odd, _, _ = decode_changes(data, 0, "test")
+            assert h["Myc-Enc"] == "zstd"
+            parsed, odd, _, _ = decode_changes(decode_payload(data), 0, "test")
             first, last = int(h["Myc-First"]), int(h["Myc-Last"])
             if not parsed:
                 raise ValueError("no changes")
@@ -107,22 +109,27 @@ def test_five_agents_converge_through_a_killed_and_wiped_relay(tmp_path, natsd):
         total += 11
         assert _converged(dirs, total), _why(dirs, serves, total)
 
-        # messages that are not runs on agent 0's subject: damage, and a
+        # messages that are not runs on agent 0's subject: damage, a zstd
+        # frame that declares 1 GiB, an encoding nobody knows, and a
         # well-framed lie in the headers that would stall the subject
         subj0 = subject(FLEET, actors[0])
         publish(natsd.url, subj0, b"\x07not a batch")
-        publish(natsd.url, subj0, b"\x00\x00", {"Myc-First": "1", "Myc-Last": "999999"})
+        bomb = b"\x28\xb5\x2f\xfd\xa4" + (1 << 30).to_bytes(4, "little") + b"\x00" * 20
+        publish(natsd.url, subj0, bomb, {"Myc-Enc": "zstd"})
+        publish(natsd.url, subj0, b"\x00\x00", {"Myc-Enc": "lz4"})
+        publish(natsd.url, subj0, compress(b"\x00\x00"),
+                {"Myc-Enc": "zstd", "Myc-First": "1", "Myc-Last": "999999"})
         for j in range(5):
             _put(dirs[0], expect, "after-bad:%02d" % j, j, 0)
         total += 5
         assert _converged(dirs, total), _why(dirs, serves, total)
         def shown(d):
             return json.loads(cmd(d, "--json", "relay", "show").stdout)["state"]
-        # every agent read both; each counts them as messages that are not runs
-        assert wait_for(lambda: all(shown(d)["bad_msgs"] >= 2 for d in dirs), timeout=10), \
+        # every agent read all four; each counts them as messages that are not runs
+        assert wait_for(lambda: all(shown(d)["bad_msgs"] >= 4 for d in dirs), timeout=10), \
             [shown(d) for d in dirs]
         runs, bad = _runs_by_subject(natsd.url)
-        assert len(bad) == 2
+        assert len(bad) == 4
         # each good run starts after the subject's last good run ended
         for subj, rs in runs.items():
             assert all(rs[k + 1][0] > rs[k][1] for k in range(len(rs) - 1)), (subj, rs)
