@@ -112,8 +112,11 @@ nats-server -js -sd /var/lib/nats (Debian's nats-server package).""",
     "peer add": """\
   mycelium peer add K3J5Q2M-ABCDEFG-HIJKLMN-OPQRSTU-H 192.168.1.20:7420
   mycelium peer add K3J5Q2M-ABCDEFG-HIJKLMN-OPQRSTU-H [fd00::20]:7420 --name garden-pi
+  mycelium peer add K3J5Q2M-ABCDEFG-HIJKLMN-OPQRSTU-H 10.8.0.5:7420 --metered   # mobile data
 Run `mycelium id` on the other device to get its id; its last group is a check
-character, so a mistyped id is refused. Add this device on the other one too.""",
+character, so a mistyped id is refused. Add this device on the other one too.
+A --metered peer is synced every metered_sync_s (900 s) instead of staying
+connected; on battery every peer is synced every battery_sync_s (300 s).""",
     "peer list": """\
   mycelium peer list
   mycelium --json peer list               # one JSON object per line""",

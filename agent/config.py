@@ -48,10 +48,17 @@ KEYS = {
                     "a peer silent this long stops holding history back"),
     "max_write_mb": ("MYCELIUM_MAX_WRITE_MB", float, 1, "the largest single write"),
     "group": ("MYCELIUM_GROUP", str, None, "a group that may read the data directory"),
+    "power": ("MYCELIUM_POWER", str, "auto",
+              "auto (the battery sensor, where there is one), battery or ac"),
+    "battery_sync_s": ("MYCELIUM_BATTERY_SYNC_S", float, 300,
+                       "on battery, sync with each peer this often instead of staying "
+                       "connected (0: stay connected)"),
+    "metered_sync_s": ("MYCELIUM_METERED_SYNC_S", float, 900,
+                       "with a peer added --metered, sync this often (0: stay connected)"),
     "peers": ("MYCELIUM_PEERS", dict, None,
               "[peers.NAME] tables of id and addr, beside those `peer add` keeps"),
 }
-CHOICES = {"log_format": ("text", "json")}
+CHOICES = {"log_format": ("text", "json"), "power": ("auto", "battery", "ac")}
 LATER = {"relay": "the NATS relay"}
 
 
@@ -106,7 +113,8 @@ def loads_text(text: str, path: str) -> dict:
 
 def _peers(path, table) -> dict:
     """[peers.NAME] id = "...", addr = "HOST:PORT" (addr optional: it dials
-    in) -> {NAME: {"id": ID as shown, "addr": HOST:PORT or None}}, checked."""
+    in), metered = true (optional) -> {NAME: {"id": ID as shown, "addr":
+    HOST:PORT or None, "metered": bool}}, checked."""
     from .sync.devid import display_id, normalize_id
     from .sync.peers import check_name, format_addr, parse_addr
     if not isinstance(table, dict):
@@ -115,9 +123,11 @@ def _peers(path, table) -> dict:
     out, seen = {}, {}
     for name, entry in table.items():
         where = "[peers.%s]" % name
-        if not isinstance(entry, dict) or set(entry) - {"id", "addr"} or "id" not in entry:
+        if not isinstance(entry, dict) or set(entry) - {"id", "addr", "metered"} or \
+                "id" not in entry or not isinstance(entry.get("metered", False), bool):
             raise _fail(path, "%s takes id = \"DEVICE ID\" and, unless it only dials in, "
-                        "addr = \"HOST:PORT\"" % where)
+                        "addr = \"HOST:PORT\" (and metered = true for a link that "
+                        "costs by the byte)" % where)
         try:
             check_name({}, None, name)
             did = normalize_id(str(entry["id"]))
@@ -128,7 +138,8 @@ def _peers(path, table) -> dict:
         if did in seen:
             raise _fail(path, "%s and [peers.%s] have the same id" % (where, seen[did]))
         seen[did] = name
-        out[name] = {"id": display_id(did), "addr": addr}
+        out[name] = {"id": display_id(did), "addr": addr,
+                     "metered": entry.get("metered", False)}
     return out
 
 

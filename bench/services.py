@@ -19,6 +19,10 @@ built (issue N)", with no figure.
   convergence   bench/check.py's walk: N-record replicas differing in 10 keys,
   check         over TLS to a real serve, no repair; p99 of the walks. Seed:
                 consensus p99 < 100 ms.
+  orchestrator  serve's plan for one peer: Power.on_battery() (the sensor
+  decision      read once a minute, cached between) and orchestrate.decide()
+                over a rotation of the cases (battery, metered, failures,
+                relay up, a peer that is not live). No SLA.
   colour        fleet_colours() of 32 ids; colour_of() of one id.
   event append  Timeline.emit() (bench/observe.py's measure, flush untimed).
   metrics       GET /metrics's work, render(obs.state(), obs), on N records
@@ -37,7 +41,6 @@ NOT_BUILT = [  # (service, what the seed meant, SLA, unit, issue)
     ("forward rewrite", "schema lens, red/blue, per 1,000-op batch", 20.0, "ms", 12),
     ("backward rewrite", "schema lens, red/blue, per 1,000-op batch", 20.0, "ms", 12),
     ("identity verify", "green, per batch", 10.0, "ms", 12),
-    ("orchestrator decision", "one decision", None, "ms", 11),
 ]
 ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 
@@ -169,6 +172,22 @@ def measure_colours(iters):
             time_n(lambda: colour_of(ids[0]), iters))
 
 
+def measure_orchestrator(iters):
+    from agent.sync import orchestrate as O
+    power = O.Power({})
+    cases = [dict(on_battery=b, metered=m, failures=f, relay_up=r, peer_live=pl)
+             for b in (False, True) for m in (False, True) for f in (0, 1, 4)
+             for r in (False, True) for pl in (True, False)]
+    i = [0]
+
+    def one():
+        c = cases[i[0] % len(cases)]
+        i[0] += 1
+        power.on_battery()
+        return O.decide(**c)
+    return time_n(one, iters)
+
+
 def fmt(v, unit):
     """A time in unit ("ms" or "us") shown in ms from 1 ms up, else in µs."""
     if v is None:
@@ -201,6 +220,7 @@ def main():
         compact = measure_compact(tmp, 3 if q else 10)
         sync = measure_sync(tmp, 20 if q else 100, cp_sync)
         fleet, one = measure_colours(1000 if q else 10_000)
+        orch = measure_orchestrator(10_000 if q else 100_000)
         ev = os.path.join(tmp, "events")
         os.mkdir(ev)
         emits = measure_events(ev, 10_000 if q else 100_000)[0]
@@ -222,6 +242,8 @@ def main():
          ms(sync), None, "ms", sync),
         ("convergence check", "the walk to 10 differing keys of %d, TLS to serve, %s"
          % (args.n, runs(walks)), ms(walks), 100.0, "ms", walks),
+        ("orchestrator decision", "Power.on_battery() + decide(), %d calls" % len(orch),
+         us(orch), None, "us", orch),
         ("colour (fleet)", "fleet_colours() of 32 ids", us(fleet), None, "us", fleet),
         ("colour (one id)", "colour_of() of one id", us(one), None, "us", one),
         ("event append", "Timeline.emit(), %d calls" % len(emits), us(emits), 10_000.0, "us",

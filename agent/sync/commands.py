@@ -5,6 +5,7 @@ takes args with data_dir, json and durable and returns an exit code.
 """
 import asyncio
 import json
+import os
 import signal
 import sys
 import time
@@ -108,11 +109,15 @@ def cmd_peer_add(args):
     if did == ensure_identity(args.data_dir):
         raise UsageError("%s is this device's own id; add the id another device prints "
                          "with `mycelium id`" % display_id(did))
-    new = P.add_peer(args.data_dir, did, addr, name=args.name)
+    metered = getattr(args, "metered", None)
+    new = P.add_peer(args.data_dir, did, addr, name=args.name, metered=metered)
     shown = display_id(did) + (" (%s)" % args.name if args.name else "")
+    if metered:
+        shown += ", metered: synced every %.0f s" % float(
+            os.environ.get("MYCELIUM_METERED_SYNC_S") or 900)
     if args.json:
         print(json.dumps({"device_id": display_id(did), "addr": addr, "name": args.name,
-                          "new": new}))
+                          "new": new, "metered": metered}))
     elif addr is None:
         print("%s peer %s; it has no address, so this device waits for it to dial in"
               % ("added" if new else "updated", shown))
@@ -156,6 +161,8 @@ def peer_rows(data_dir, ours) -> list:
                      "connected": st.get("connected", False),
                      "last_sync": st.get("last_sync"), "last_error": st.get("last_error"),
                      "last_check": st.get("last_check"),
+                     "metered": bool(entry.get("metered")),
+                     "sync": st.get("sync"), "route": st.get("route"),
                      "declared": bool(entry.get("config"))})
     return rows
 
@@ -191,9 +198,10 @@ def cmd_peer_list(args):
         name = r["name"] or "-"
         shown = badge(name, colours[r["device_id"]]) + " " * max(0, 12 - len(name)) \
             if use_colour(sys.stdout) else "%-12s" % name
-        print("%s  %s %-21s  %s%s%s%s%s" % (
+        print("%s  %s %-21s  %s%s%s%s%s%s" % (
             r["device_id"], shown, r["addr"] or "(dials in)", lag, when,
             "  connected" if r["connected"] else "",
+            "  (%s)" % r["sync"] if r["sync"] and r["sync"] != "live" else "",
             "  last error: " + r["last_error"] if r["last_error"] else "",
             "  (mycelium.toml)" if r["declared"] else ""))
     print("(our vector from the store)", file=sys.stderr)

@@ -11,7 +11,6 @@ the daemon out of memory. After a burst, freed heap goes back to the OS.
 import asyncio
 import gc
 import os
-import random
 import ssl
 import time
 
@@ -21,13 +20,14 @@ from . import journal
 from . import peers as P
 from .errors import ListenError, PeerRefused, PeerUnreachable, UnknownPeer
 from .devid import display_id, normalize_id
+from . import orchestrate as O
 from .session import Recent, Session
 from .transport import HANDSHAKE_TIMEOUT, client_context, connect, drive, peer_device_id, \
     server_context
 
 __all__ = ["Daemon", "MAX_UNAUTHENTICATED", "MAX_SESSIONS_PER_PEER"]
 
-BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
+BACKOFF_MAX = O.BACKOFF_MAX
 STATE_EVERY = 1.0
 COMPACT_MB = 8          # log growth (MB) after which serve compacts
 COMPACT_GAP = 60.0      # seconds between compactions, at least
@@ -95,6 +95,10 @@ class Daemon:
         self.compact_bytes = int(float(os.environ.get("MYCELIUM_COMPACT_MB", COMPACT_MB)) * 1e6)
         self.compact_gap = float(os.environ.get("MYCELIUM_COMPACT_GAP", COMPACT_GAP))
         self.check_every = float(os.environ.get("MYCELIUM_CHECK_EVERY", CHECK_EVERY))
+        self.power = O.Power()
+        self.battery_every = float(os.environ.get("MYCELIUM_BATTERY_SYNC_S") or O.BATTERY_EVERY)
+        self.metered_every = float(os.environ.get("MYCELIUM_METERED_SYNC_S") or O.METERED_EVERY)
+        self.was_on_battery = None
         self.checked_at = {}        # peer id -> when its last automatic check started
         self.checking = set()
         self.relay = None           # relay.link.Relay, while sync/relay.json sets one up
@@ -198,12 +202,34 @@ class Daemon:
     def _peer(self, pid):
         return self.peer_state.setdefault(pid, {})
 
+    def plan(self, pid, failures=0, peer_live=True, synced=True, note=True):
+        """The orchestrator's plan for peer pid (orchestrate.decide), noted
+        in its state (state.json, `peer list`) unless note is False."""
+        on_battery = self.power.on_battery()
+        if on_battery != self.was_on_battery:
+            if self.was_on_battery is not None or on_battery:
+                self.log("on %s: %s" % (
+                    "battery" if on_battery else "mains power",
+                    "syncing with each peer every %.0f s" % self.battery_every
+                    if on_battery and self.battery_every > 0 else "staying connected to peers"))
+                self.node.timeline.emit("power", on_battery=on_battery)
+            self.was_on_battery = on_battery
+        p = O.decide(on_battery=on_battery, metered=bool(self.peers.get(pid, {}).get("metered")),
+                     failures=failures, relay_up=bool(self.relay and self.relay.state["connected"]),
+                     peer_live=peer_live, synced=synced, battery_every=self.battery_every,
+                     metered_every=self.metered_every)
+        st = self._peer(pid)
+        if note and (st.get("sync") != p.why or st.get("route") != p.route):
+            st.update(sync=p.why, route=p.route)
+            self.state_dirty = True
+        return p
+
     async def run_session(self, session, reader, writer):
         wake = asyncio.Event()
         self.sessions[session] = wake
         try:
             await drive(session, reader, writer, wake=wake, on_event=self.on_event,
-                        stop=self.stop)
+                        stop=self.stop, until_caught_up=not session.live)
         finally:
             self.sessions.pop(session, None)
             self.released = True
@@ -269,12 +295,16 @@ class Daemon:
             writer.close()
             return
         self._make_room_for(pid)
-        s = Session(self.node, self.my_id, pid, live=True, recent=self.recent,
+        # what the dialer to pid last planned stays in its state, if there is one
+        live = self.plan(pid, note=not self.peers.get(pid, {}).get("addr")).live
+        s = Session(self.node, self.my_id, pid, live=live, recent=self.recent,
                     accept_unsigned=self.accept_unsigned)
         await self.run_session(s, reader, writer)
 
     async def dial(self, pid):
-        backoff = BACKOFF_MIN
+        """Dial peer pid, again and again, as the orchestrator plans: a live
+        session, or one that catches up and closes, then a wait."""
+        failures = 0
         ctx = client_context(self.data_dir)
         while not self.stop.is_set() and self.peers.get(pid, {}).get("addr"):
             if self.connected(pid):
@@ -287,22 +317,25 @@ class Daemon:
             except (SyncError, UsageError) as e:
                 self._peer(pid)["last_error"] = "%s: %s" % (type(e).__name__, e)
                 self.state_dirty = True
-                self.log("cannot reach %s at %s: %s (retrying, at most every %.0f s)"
-                         % (self.label(pid), addr, e, BACKOFF_MAX), "warning",
-                         ("unreachable", pid))
-                await self._sleep(backoff * (0.8 + 0.4 * random.random()))
-                backoff = min(BACKOFF_MAX, backoff * 2)
+                failures += 1
+                p = self.plan(pid, failures)
+                self.log("cannot reach %s at %s: %s (retrying, at most every %.0f s%s)"
+                         % (self.label(pid), addr, e, BACKOFF_MAX,
+                            "; the relay carries its changes meanwhile" if p.route == "relay"
+                            else ""), "warning", ("unreachable", pid))
+                await self._sleep(p.wait)
                 continue
             if self.logger.clear(("unreachable", pid)):
                 self.log("reached %s at %s again" % (self.label(pid), addr))
-            s = Session(self.node, self.my_id, pid, live=True, recent=self.recent,
-                        accept_unsigned=self.accept_unsigned)
+            s = Session(self.node, self.my_id, pid, live=self.plan(pid).live,
+                        recent=self.recent, accept_unsigned=self.accept_unsigned)
             await self.run_session(s, reader, writer)
-            if s.caught_up or s.stats["new"] or s.stats["sent_changes"]:
-                backoff = BACKOFF_MIN
+            synced = bool(s.caught_up or s.stats["new"] or s.stats["sent_changes"])
+            failures = 0 if synced else failures + 1
             if not self.stop.is_set():
-                await self._sleep(backoff * (0.8 + 0.4 * random.random()))
-                backoff = min(BACKOFF_MAX, backoff * 2)
+                p = self.plan(pid, failures, peer_live=s.peer_live or s.peer_id is None,
+                              synced=synced)
+                await self._sleep(p.wait)
 
     async def _sleep(self, t):
         try:

@@ -136,6 +136,13 @@ def register(subparsers) -> None:
                    help="where it listens; leave it out for a peer that only dials in "
                         "(a phone on changing networks)")
     a.add_argument("--name", help="a name to use instead of the id, e.g. garden-pi")
+    m = a.add_mutually_exclusive_group()
+    m.add_argument("--metered", dest="metered", action="store_const", const=True,
+                   help="the link to it costs by the byte (a phone's mobile data): serve "
+                        "syncs with it every metered_sync_s (900 s) instead of staying "
+                        "connected")
+    m.add_argument("--unmetered", dest="metered", action="store_const", const=False,
+                   help="undo --metered")
     a.add_argument("--unchecked", action="store_true",
                    help="take an id without its check character (devices before 0.5 print "
                         "it so); check it by eye first")

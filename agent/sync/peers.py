@@ -96,6 +96,8 @@ def config_peers() -> dict:
         entry = out[stored_id(e["id"])] = {"name": name, "config": True}
         if e["addr"]:
             entry["addr"] = e["addr"]
+        if e.get("metered"):
+            entry["metered"] = True
     return out
 
 
@@ -131,12 +133,13 @@ def check_name(peers, device_id, name):
                              "`mycelium peer rename` that one first" % (name, display_id(other)))
 
 
-def add_peer(data_dir, device_id, addr, name=None) -> bool:
-    """Add or update a peer (addr None: it only dials in); True if it was new."""
+def add_peer(data_dir, device_id, addr, name=None, metered=None) -> bool:
+    """Add or update a peer (addr None: it only dials in; metered None: as
+    it was); True if it was new."""
     _not_declared(device_id)
-    new = edit(data_dir, lambda peers: put(peers, device_id, addr, name))
+    new = edit(data_dir, lambda peers: put(peers, device_id, addr, name, metered))
     config_event(data_dir, device_id, "peer added" if new else "peer updated", addr=addr,
-                  name=name)
+                  name=name, metered=metered)
     return new
 
 
@@ -147,10 +150,10 @@ def config_event(data_dir, device_id, what, **details):
            **{k: v for k, v in details.items() if v is not None})
 
 
-def put(peers, device_id, addr, name=None) -> bool:
+def put(peers, device_id, addr, name=None, metered=None) -> bool:
     """Within edit(): add or update one entry (addr None: it only dials in;
-    name None: keep the one it has); True if it was new. A bad or taken
-    name is a UsageError, and then nothing is changed."""
+    name or metered None: keep what it has); True if it was new. A bad or
+    taken name is a UsageError, and then nothing is changed."""
     if name is not None:
         check_name({**peers, **config_peers()}, device_id, name)
     new = device_id not in peers
@@ -161,6 +164,11 @@ def put(peers, device_id, addr, name=None) -> bool:
         entry["addr"] = addr
     if name is not None:
         entry["name"] = name
+    if metered is not None:
+        if metered:
+            entry["metered"] = True
+        else:
+            entry.pop("metered", None)
     return new
 
 

@@ -228,3 +228,21 @@ def test_journald_gets_priorities(tmp_path, monkeypatch):
         log.info("listening")
     assert path.read_text().splitlines() == ["<3>error K3J5Q2M: disk full",
                                              "<6>info K3J5Q2M: listening"]
+
+
+def test_a_metered_peer_is_kept_shown_and_can_be_unmarked(tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    init(a)
+    idb = init(b)
+    out = cmd(a, "peer", "add", idb, "127.0.0.1:9", "--metered").stdout
+    assert "metered: synced every 900 s" in out, out
+    with open(os.path.join(a, "sync", "peers.json")) as f:
+        assert list(json.load(f)["peers"].values())[0]["metered"] is True
+    row = json.loads(cmd(a, "--json", "peer", "list").stdout)
+    assert row["metered"] is True
+    cmd(a, "peer", "add", idb, "127.0.0.1:9", "--name", "phone")     # as it was
+    assert json.loads(cmd(a, "--json", "peer", "list").stdout)["metered"] is True
+    cmd(a, "peer", "add", idb, "127.0.0.1:9", "--unmetered")
+    assert json.loads(cmd(a, "--json", "peer", "list").stdout)["metered"] is False
+    p = cmd(a, "peer", "add", idb, "127.0.0.1:9", "--metered", "--unmetered", check=2)
+    assert "not allowed with" in p.stderr
