@@ -7,6 +7,11 @@ most MAX_UNAUTHENTICATED of them at once (the oldest is dropped to admit a
 new one) and MAX_SESSIONS_PER_PEER sessions per pinned peer (likewise), so
 neither a flood of idle connections nor one peer's many sessions can run
 the daemon out of memory. After a burst, freed heap goes back to the OS.
+
+One session per peer: when two devices dial each other at once, both
+sessions get through their handshake; as soon as the second of them is
+connected, each side closes the same one (_one_session: the one dialled by
+the device with the larger id), so only one carries changes.
 """
 import asyncio
 import gc
@@ -22,7 +27,7 @@ from .errors import ListenError, PeerRefused, PeerUnreachable, UnknownPeer
 from .devid import display_id, normalize_id
 from . import orchestrate as O
 from .session import Recent, Session
-from .transport import HANDSHAKE_TIMEOUT, client_context, connect, drive, peer_device_id, \
+from .transport import HANDSHAKE_TIMEOUT, KEEPALIVE, client_context, connect, drive, peer_device_id, \
     server_context
 
 __all__ = ["Daemon", "MAX_UNAUTHENTICATED", "MAX_SESSIONS_PER_PEER"]
@@ -132,6 +137,7 @@ class Daemon:
         for fn in self.watchers:
             fn(pid, ev)
         if k == "connected":
+            self._one_session(pid, s)
             self.log("connected to %s (it lacks %d of our changes, we lack %d)"
                      % (who, P.behind(self.node.vv, ev.peer_vv), P.behind(ev.peer_vv, self.node.vv)))
             self._peer(pid).update(connected=True, vv=P.vv_hex(ev.peer_vv))
@@ -195,6 +201,29 @@ class Daemon:
             if not self.connected_except(pid, s):
                 self._peer(pid)["connected"] = False
         self.state_dirty = True
+
+    def _dialler(self, s, pid):
+        return self.my_id if s.dialled else pid
+
+    def _one_session(self, pid, s):
+        """s with peer pid is connected: if another of serve's sessions with
+        pid is too, keep the one dialled by the smaller device id (the
+        newer if one side dialled both), as the peer does, and close the
+        other. A session that has heard nothing for two keep-alives is
+        stale and goes first."""
+        if getattr(s, "dialled", None) is None:
+            return
+        for o in list(self.sessions):
+            if o is s or o.closed or o.peer_id != pid or getattr(o, "dialled", None) is None \
+                    or o.peer_vv is None:
+                continue
+            stale = time.monotonic() - o.last_heard > 2 * KEEPALIVE
+            loser = o if stale or self._dialler(s, pid) <= self._dialler(o, pid) else s
+            loser.close("a second session with %s%s; one is kept" % (
+                display_id(pid), " (this one had gone quiet)" if stale else ""))
+            self.sessions[loser].set()
+            if loser is s:
+                return
 
     def connected_except(self, pid, s):
         return any(o.peer_id == pid and not o.closed and o is not s for o in self.sessions)
@@ -299,6 +328,7 @@ class Daemon:
         live = self.plan(pid, note=not self.peers.get(pid, {}).get("addr")).live
         s = Session(self.node, self.my_id, pid, live=live, recent=self.recent,
                     accept_unsigned=self.accept_unsigned)
+        s.dialled = False
         await self.run_session(s, reader, writer)
 
     async def dial(self, pid):
@@ -329,6 +359,7 @@ class Daemon:
                 self.log("reached %s at %s again" % (self.label(pid), addr))
             s = Session(self.node, self.my_id, pid, live=self.plan(pid).live,
                         recent=self.recent, accept_unsigned=self.accept_unsigned)
+            s.dialled = True
             await self.run_session(s, reader, writer)
             synced = bool(s.caught_up or s.stats["new"] or s.stats["sent_changes"])
             failures = 0 if synced else failures + 1
