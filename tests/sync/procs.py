@@ -83,3 +83,14 @@ def snapshot(data_dir):
         entries = [(c.actor, c.seq) for c in map(__import__("agent.change", fromlist=["x"])
                                                   .parse_change, (r for _, r in n.log.read()))]
         return dict(n.scan("")), dict(n.vv), entries
+
+
+def paired(tmp_path):
+    """Two data directories a and b, a serve on each, each the other's peer
+    with its address: (a, b, serve of a, serve of b)."""
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    ida, idb = init(a), init(b)
+    sa, sb = Serve(a), Serve(b)
+    cmd(a, "peer", "add", idb, sb.addr)
+    cmd(b, "peer", "add", ida, sa.addr)
+    return a, b, sa, sb

@@ -2,16 +2,12 @@
 through its control socket, and what they write reaches the peers."""
 import json
 
-from .procs import Serve, cmd, init, wait_for
+from .procs import Serve, cmd, init, paired, wait_for
 
 
 def test_commands_work_beside_a_running_serve_and_writes_reach_peers(tmp_path):
-    a, b = str(tmp_path / "a"), str(tmp_path / "b")
-    ida, idb = init(a), init(b)
-    sa, sb = Serve(a), Serve(b)
+    a, b, sa, sb = paired(tmp_path)
     try:
-        cmd(a, "peer", "add", idb, sb.addr)
-        cmd(b, "peer", "add", ida, sa.addr)
         cmd(a, "put", "s:1", "site=hall", "n+=2", "tags[]+=x", "m|=ok")
         cmd(a, "put", "s:1", "n+=3", "tags[]-=x")
         got = json.loads(cmd(a, "--json", "get", "s:1").stdout)

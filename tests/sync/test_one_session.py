@@ -6,7 +6,7 @@ import psutil
 
 from agent.client import connect
 
-from .procs import Serve, cmd, init, wait_for
+from .procs import paired, wait_for
 
 
 def _sessions(proc):
@@ -17,13 +17,9 @@ def _sessions(proc):
 
 
 def test_devices_that_dial_each_other_keep_one_session(tmp_path):
-    a, b = str(tmp_path / "a"), str(tmp_path / "b")
-    ida, idb = init(a), init(b)
-    sa, sb = Serve(a), Serve(b)
+    # both added at once, so that both dial before either has a session
+    a, b, sa, sb = paired(tmp_path)
     try:
-        # both at once, so that both dial before either has a session
-        cmd(a, "peer", "add", idb, sb.addr)
-        cmd(b, "peer", "add", ida, sa.addr)
         expect = {}
         for i in range(5):
             for d, who in ((a, "a"), (b, "b")):
