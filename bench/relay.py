@@ -30,7 +30,9 @@ import sys
 import tempfile
 import time
 
+from agent.relay.config import stream_name
 from bench.common import REPO, emit, fig, median, parse_args, records
+from bench.observe import mem
 
 ENV = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
 FLEET = "bench"
@@ -99,18 +101,9 @@ def events(d, kind):
     return [e["time"] for e in E.read(d, kinds=(kind,))]
 
 
-def status_kb(pid, field):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    return None
-
-
 def settled_rss(p, seconds=3.0):
-    import psutil
     time.sleep(seconds)
-    return psutil.Process(p.pid).memory_info().rss
+    return mem(p.pid)["rss"]
 
 
 def stream_state(url):
@@ -120,7 +113,7 @@ def stream_state(url):
         import nats
         nc = await nats.connect(url, allow_reconnect=False)
         try:
-            info = await nc.jetstream().stream_info("MYC_" + FLEET)
+            info = await nc.jetstream().stream_info(stream_name(FLEET))
             return info.state.messages, info.state.bytes
         finally:
             await nc.close()
@@ -160,7 +153,7 @@ def relay_run(tmp, n):
         t = time.monotonic()
         wait(lambda: all(has_all(d, actor, seq) for d in readers), 600, "the fan-out")
         wall = time.monotonic() - t
-        peaks = [status_kb(p.pid, "VmHWM") for p in procs[:READERS]]
+        peaks = [mem(p.pid)["vmhwm"] for p in procs[:READERS]]
         for p in procs:
             stop(p)
         procs = []

@@ -113,8 +113,9 @@ def cmd_peer_add(args):
     new = P.add_peer(args.data_dir, did, addr, name=args.name, metered=metered)
     shown = display_id(did) + (" (%s)" % args.name if args.name else "")
     if metered:
+        from .orchestrate import METERED_EVERY
         shown += ", metered: synced every %.0f s" % float(
-            os.environ.get("MYCELIUM_METERED_SYNC_S") or 900)
+            os.environ.get("MYCELIUM_METERED_SYNC_S") or METERED_EVERY)
     if args.json:
         print(json.dumps({"device_id": display_id(did), "addr": addr, "name": args.name,
                           "new": new, "metered": metered}))

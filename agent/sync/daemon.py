@@ -27,8 +27,8 @@ from .errors import ListenError, PeerRefused, PeerUnreachable, UnknownPeer
 from .devid import display_id, normalize_id
 from . import orchestrate as O
 from .session import Recent, Session
-from .transport import HANDSHAKE_TIMEOUT, KEEPALIVE, client_context, connect, drive, peer_device_id, \
-    server_context
+from .transport import HANDSHAKE_TIMEOUT, KEEPALIVE, client_context, connect, drive, \
+    peer_device_id, server_context
 
 __all__ = ["Daemon", "MAX_UNAUTHENTICATED", "MAX_SESSIONS_PER_PEER"]
 
